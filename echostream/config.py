@@ -165,10 +165,14 @@ class CTCDecoderConfig:
     num_heads: int = 4
     ffn_dim: int = 2048
     dropout: float = 0.1
+    # Frames before its block that a frame may attend to (40 ms frames; 0 = own block only).
+    # Bounded so the streaming state is fixed size; runs at the encoder's width, block = its
+    # segment/chunk.
+    left_context_length: int = 32
 
     def validate(self) -> None:
         _positive(self, "num_heads", "ffn_dim")
-        _positive(self, "num_layers", allow_zero=True)
+        _positive(self, "num_layers", "left_context_length", allow_zero=True)
 
 
 @dataclass
