@@ -19,7 +19,7 @@ from echostream.models.conformer import (
     _rel_positions,
     sinusoidal_relative_table,
 )
-from echostream.models.state import StreamState
+from echostream.state import StreamState
 
 D = 16
 MAX_REL = 6  # small, so that clipping of relative distances is exercised

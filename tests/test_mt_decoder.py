@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from echostream.config import TransformerDecoderConfig
 from echostream.models.mt_decoder import BOS_ID, EOS_ID, PAD_ID, MTDecoder, MTDecoderState
-from echostream.models.state import StreamState
+from echostream.state import StreamState
 
 D_ENC, VOCAB = 24, 20
 CFG = TransformerDecoderConfig(num_layers=2, d_model=32, num_heads=4, ffn_dim=64, dropout=0.0)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from echostream.config import FeatureConfig
-from echostream.models.state import StreamState
+from echostream.state import StreamState
 
 INT16_SCALE = 32768.0
 

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echostream.config import ConformerConfig
-from echostream.models.state import StreamState
+from echostream.state import StreamState
 
 StreamMode = Literal["cached", "recompute"]
 

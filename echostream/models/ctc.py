@@ -44,7 +44,7 @@ from echostream.models.layers import (
     shift_left_ragged,
     zero_padding,
 )
-from echostream.models.state import StreamState
+from echostream.state import StreamState
 
 BLANK = 0  # CTC blank class of every head; text: the tokenizer's <pad> id; units: prepended
 NO_TOKEN = -1  # padding value of the id tensors returned by the greedy decoders

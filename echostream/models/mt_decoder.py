@@ -40,7 +40,7 @@ from echostream.models.layers import (
     sinusoidal_positions,
     zero_padding,
 )
-from echostream.models.state import StreamState
+from echostream.state import StreamState
 from echostream.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 __all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "MTDecoder", "MTDecoderState"]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from echostream.config import SubsamplingConfig
-from echostream.models.state import StreamState
+from echostream.state import StreamState
 
 SUBSAMPLING_FACTOR = 4
 

@@ -26,7 +26,7 @@ from echostream.models.layers import (
     lengths_to_mask,
     zero_padding,
 )
-from echostream.models.state import StreamState
+from echostream.state import StreamState
 
 
 @dataclass(frozen=True)

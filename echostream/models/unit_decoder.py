@@ -35,7 +35,7 @@ from echostream.models.layers import (
     sinusoidal_positions,
     zero_padding,
 )
-from echostream.models.state import StreamState
+from echostream.state import StreamState
 
 UNIT_ID_OFFSET = 1  # unit u is CTC class u + 1 (class 0 is the prepended blank)
 
