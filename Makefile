@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
+	# SimulEval 1.1.4 (tests compare our latency scorers with its own): --no-deps, because its
+	# pinned requirements would downgrade tqdm and add pytest plugins; these are what it imports.
+	$(PY) -m pip install -q --no-deps simuleval==1.1.4
+	$(PY) -m pip install -q pandas textgrid requests tornado
 	touch $@
 
 # pytest exits 5 when it collects no tests: that is a failure too, and says so.
