@@ -52,8 +52,11 @@ class FeatureConfig:
     def validate(self) -> None:
         _positive(self, "sample_rate", "num_mel_bins")
         _check(self.frame_length_ms > 0, "frame_length_ms", "must be > 0")
-        _check(0 < self.frame_shift_ms <= self.frame_length_ms, "frame_shift_ms",
-               "must be in (0, frame_length_ms]")
+        _check(
+            0 < self.frame_shift_ms <= self.frame_length_ms,
+            "frame_shift_ms",
+            "must be in (0, frame_length_ms]",
+        )
         _check(self.dither >= 0, "dither", "must be >= 0")
 
 
@@ -91,10 +94,19 @@ class EmformerConfig:
 
     def validate(self) -> None:
         _positive(self, "d_model", "num_layers", "num_heads", "ffn_dim", "segment_length")
-        _positive(self, "left_context_length", "right_context_length", "memory_size",
-                  "conv_kernel_size", allow_zero=True)
-        _check(self.d_model % self.num_heads == 0, "num_heads",
-               f"must divide d_model={self.d_model}, got {self.num_heads}")
+        _positive(
+            self,
+            "left_context_length",
+            "right_context_length",
+            "memory_size",
+            "conv_kernel_size",
+            allow_zero=True,
+        )
+        _check(
+            self.d_model % self.num_heads == 0,
+            "num_heads",
+            f"must divide d_model={self.d_model}, got {self.num_heads}",
+        )
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         _check(self.memory_clamp > 0, "memory_clamp", "must be > 0")
 
@@ -116,14 +128,30 @@ class ConformerConfig:
     dropout: float = 0.1
 
     def validate(self) -> None:
-        _positive(self, "d_model", "num_layers", "num_heads", "ffn_dim", "chunk_size",
-                  "max_relative_position")
-        _check(self.conv_kernel_size >= 1 and self.conv_kernel_size % 2 == 1,
-               "conv_kernel_size", f"must be an odd number >= 1, got {self.conv_kernel_size}")
-        _check(self.d_model % self.num_heads == 0, "num_heads",
-               f"must divide d_model={self.d_model}, got {self.num_heads}")
-        _check(all(c >= 0 for c in self.train_chunk_sizes), "train_chunk_sizes",
-               "entries must be >= 0 (0 = full attention)")
+        _positive(
+            self,
+            "d_model",
+            "num_layers",
+            "num_heads",
+            "ffn_dim",
+            "chunk_size",
+            "max_relative_position",
+        )
+        _check(
+            self.conv_kernel_size >= 1 and self.conv_kernel_size % 2 == 1,
+            "conv_kernel_size",
+            f"must be an odd number >= 1, got {self.conv_kernel_size}",
+        )
+        _check(
+            self.d_model % self.num_heads == 0,
+            "num_heads",
+            f"must divide d_model={self.d_model}, got {self.num_heads}",
+        )
+        _check(
+            all(c >= 0 for c in self.train_chunk_sizes),
+            "train_chunk_sizes",
+            "entries must be >= 0 (0 = full attention)",
+        )
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
@@ -188,8 +216,11 @@ class TransformerDecoderConfig:
     def validate(self) -> None:
         _positive(self, "d_model", "num_heads", "ffn_dim")
         _positive(self, "num_layers", allow_zero=True)
-        _check(self.d_model % self.num_heads == 0, "num_heads",
-               f"must divide d_model={self.d_model}, got {self.num_heads}")
+        _check(
+            self.d_model % self.num_heads == 0,
+            "num_heads",
+            f"must divide d_model={self.d_model}, got {self.num_heads}",
+        )
 
 
 @dataclass
@@ -236,14 +267,18 @@ class EchoStreamConfig:
     st_ctc_decoder: CTCDecoderConfig = field(default_factory=CTCDecoderConfig)
     mt_decoder: TransformerDecoderConfig = field(default_factory=TransformerDecoderConfig)
     t2u_encoder: TransformerDecoderConfig = field(
-        default_factory=lambda: TransformerDecoderConfig(num_layers=2))
+        default_factory=lambda: TransformerDecoderConfig(num_layers=2)
+    )
     unit_decoder: UnitDecoderConfig = field(default_factory=UnitDecoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
     def validate(self) -> None:
         expected = "emformer" if self.model == "echostream" else "conformer"
-        _check(self.encoder.type == expected, "encoder.type",
-               f"model '{self.model}' needs encoder type '{expected}', got '{self.encoder.type}'")
+        _check(
+            self.encoder.type == expected,
+            "encoder.type",
+            f"model '{self.model}' needs encoder type '{expected}', got '{self.encoder.type}'",
+        )
 
 
 # --------------------------------------------------------------------------- (de)serialisation

@@ -57,15 +57,18 @@ class StreamState:
         """Concatenate states of independent streams along the batch dimension."""
         if not states:
             raise ValueError("stack() needs at least one state")
-        kwargs = {f.name: _stack_values([getattr(s, f.name) for s in states])
-                  for f in dataclasses.fields(cls)}
+        kwargs = {
+            f.name: _stack_values([getattr(s, f.name) for s in states])
+            for f in dataclasses.fields(cls)
+        }
         return cls(**kwargs)
 
     def select(self: S, index: torch.Tensor | list[int]) -> S:
         """The sub-batch of streams ``index`` (a state of ``len(index)`` streams)."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return type(self)(**{f.name: _index_value(getattr(self, f.name), index)
-                             for f in dataclasses.fields(self)})
+        return type(self)(
+            **{f.name: _index_value(getattr(self, f.name), index) for f in dataclasses.fields(self)}
+        )
 
     def unstack(self: S) -> list[S]:
         """One state per stream (inverse of :meth:`stack` up to padding of growing fields)."""

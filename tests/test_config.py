@@ -58,19 +58,31 @@ def test_partial_config_takes_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"encoder": {"emformer": {"segment_length": 0}}},
-         "encoder.emformer.segment_length: must be >= 1, got 0"),
-        ({"encoder": {"emformer": {"segmnt_length": 4}}},
-         "encoder.emformer.segmnt_length: unknown key"),
-        ({"encoder": {"emformer": {"num_layers": "16"}}},
-         "encoder.emformer.num_layers: expected an integer, got '16'"),
-        ({"encoder": {"emformer": {"num_layers": True}}},
-         "encoder.emformer.num_layers: expected an integer"),
-        ({"encoder": {"emformer": {"num_heads": 3}}},
-         "encoder.emformer.num_heads: must divide d_model=256, got 3"),
+        (
+            {"encoder": {"emformer": {"segment_length": 0}}},
+            "encoder.emformer.segment_length: must be >= 1, got 0",
+        ),
+        (
+            {"encoder": {"emformer": {"segmnt_length": 4}}},
+            "encoder.emformer.segmnt_length: unknown key",
+        ),
+        (
+            {"encoder": {"emformer": {"num_layers": "16"}}},
+            "encoder.emformer.num_layers: expected an integer, got '16'",
+        ),
+        (
+            {"encoder": {"emformer": {"num_layers": True}}},
+            "encoder.emformer.num_layers: expected an integer",
+        ),
+        (
+            {"encoder": {"emformer": {"num_heads": 3}}},
+            "encoder.emformer.num_heads: must divide d_model=256, got 3",
+        ),
         ({"encoder": {"type": "lstm"}}, "encoder.type: must be one of"),
-        ({"encoder": {"conformer": {"conv_kernel_size": 30}}},
-         "encoder.conformer.conv_kernel_size: must be an odd number"),
+        (
+            {"encoder": {"conformer": {"conv_kernel_size": 30}}},
+            "encoder.conformer.conv_kernel_size: must be an odd number",
+        ),
         ({"model": "streamspeech"}, "encoder.type: model 'streamspeech' needs encoder type"),
         ({"features": 3}, "features: expected a mapping"),
         ({"encoder": {"emformer": {"dropout": 1.5}}}, "encoder.emformer.dropout: must be in"),
@@ -101,7 +113,11 @@ def test_validate_config_built_in_code():
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path):
-    cfg = load_config(_write(tmp_path, {"vocab": {"src_spm": "spm/src.model"},
-                                        "features": {"cmvn_path": "cmvn.json"}}))
+    cfg = load_config(
+        _write(
+            tmp_path,
+            {"vocab": {"src_spm": "spm/src.model"}, "features": {"cmvn_path": "cmvn.json"}},
+        )
+    )
     assert cfg.vocab.src_spm == str(tmp_path / "spm" / "src.model")
     assert cfg.features.cmvn_path == str(tmp_path / "cmvn.json")

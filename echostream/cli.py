@@ -1,0 +1,266 @@
+"""The ``echostream`` command line. Each verb imports what it needs lazily."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+CONFIG_DIR = REPO_DIR / "configs" / "fr-en"
+SAMPLES_DIR = PACKAGE_DIR / "assets" / "samples"
+
+
+def _config_path(name_or_path: str) -> Path:
+    """A config path, or a short name such as ``echostream`` / ``streamspeech_tiny``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"config_{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(p.stem.removeprefix("config_") for p in CONFIG_DIR.glob("*.yaml")))
+    raise SystemExit(f"echostream: no config file {name_or_path!r} (known names: {known})")
+
+
+# ---------------------------------------------------------------------------------- encode
+
+
+def stream_encoder_table(
+    config: str, audio: Path, chunk_ms: int, mode: str, threads: int, seed: int = 0, out=sys.stdout
+) -> list[dict]:
+    """Stream a wav through a (randomly initialised) SpeechEncoder chunk by chunk; print a table.
+
+    Returns one row per chunk: index, audio end time (s), encoder frames out, compute (ms).
+    """
+    import torch
+
+    from .audio.io import load_audio
+    from .config import load_config
+    from .models.encoder import SpeechEncoder
+
+    torch.set_num_threads(threads)
+    cfg = load_config(_config_path(config))
+    torch.manual_seed(seed)
+    encoder = SpeechEncoder(cfg).eval()
+    pcm = torch.from_numpy(load_audio(audio, cfg.features.sample_rate))
+    step = int(cfg.features.sample_rate * chunk_ms / 1000)
+    state = encoder.init_state(1, mode=mode)
+    rows = []
+    print(
+        f"# {cfg.model} encoder ({cfg.encoder.type}, {mode}), {audio.name}, "
+        f"{len(pcm) / cfg.features.sample_rate:.2f} s, chunks of {chunk_ms} ms, "
+        f"{threads} thread(s), random weights (seed {seed})",
+        file=out,
+    )
+    print(
+        f"{'chunk':>5} {'audio_s':>8} {'frames_out':>10} {'total_frames':>12} {'compute_ms':>10}",
+        file=out,
+    )
+    total = 0
+    with torch.inference_mode():
+        for index, start in enumerate(range(0, len(pcm), step)):
+            chunk = pcm[start : start + step]
+            final = start + step >= len(pcm)
+            t0 = time.perf_counter()
+            _, y_len, state = encoder.stream_pcm(
+                chunk[None], torch.tensor([len(chunk)]), state, final=final
+            )
+            ms = (time.perf_counter() - t0) * 1000
+            total += int(y_len[0])
+            row = {
+                "chunk": index,
+                "audio_s": (start + len(chunk)) / cfg.features.sample_rate,
+                "frames_out": int(y_len[0]),
+                "total_frames": total,
+                "compute_ms": ms,
+            }
+            rows.append(row)
+            print(
+                f"{index:>5} {row['audio_s']:>8.2f} {row['frames_out']:>10} {total:>12} "
+                f"{ms:>10.2f}",
+                file=out,
+            )
+    return rows
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    stream_encoder_table(args.config, Path(args.audio), args.chunk_ms, args.mode, args.threads)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    samples = sorted(SAMPLES_DIR.glob("*.wav"))
+    if not samples:
+        raise SystemExit(f"echostream demo: no bundled samples in {SAMPLES_DIR}")
+    audio = Path(args.audio) if args.audio else samples[0]
+    print(
+        f"EchoStream demo: streaming {audio.name} through the EchoStream encoder "
+        f"(reference config, 320 ms chunks). The translation model is not bundled yet; "
+        f"this shows the streaming encoder stage of the pipeline.\n"
+    )
+    rows = stream_encoder_table("echostream", audio, 320, "cached", args.threads)
+    ms = sorted(r["compute_ms"] for r in rows)
+    audio_s = rows[-1]["audio_s"]
+    print(
+        f"\n{len(rows)} chunks, {rows[-1]['total_frames']} encoder frames (40 ms) for "
+        f"{audio_s:.2f} s of audio; compute per chunk median {ms[len(ms) // 2]:.1f} ms, "
+        f"max {ms[-1]:.1f} ms; real-time factor {sum(ms) / 1000 / audio_s:.3f}"
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Parameters per component and streaming-state bytes per stream, for each config.
+
+    States are measured on a randomly initialised model fed 2 s of silence in two 1 s calls
+    (sizes do not depend on the values); a state that grows shows its growth per second.
+    """
+    import torch
+
+    from .config import load_config
+    from .models import build_model
+
+    torch.set_num_threads(1)  # small streamed steps: one thread is fastest
+    for name in args.config:
+        short = CONFIG_DIR / f"config_{name}.yaml"  # a name wins over a same-named folder
+        path = short if not Path(name).is_file() and short.is_file() else _config_path(name)
+        cfg = load_config(path)
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        print(f"{path} ({cfg.model}, encoder {cfg.encoder.type})")
+        for part, count in model.parameter_report().items():
+            print(f"  {part:<16} {count:>12,d} parameters")
+        frames = int(1000 / cfg.features.frame_shift_ms)  # fbank frames per second
+        feats = torch.zeros(1, frames, cfg.features.num_mel_bins)
+        feat_len = torch.tensor([frames])
+        modes = ["cached", "recompute"] if cfg.encoder.type == "conformer" else ["cached"]
+        print("  stream state, bytes per stream: fresh / after 1 s / after 2 s of audio")
+
+        def row(label: str, sizes: list[int]) -> None:
+            growth = sizes[2] - sizes[1]
+            grows = f"  (+{growth:,d} per s)" if growth else "  (fixed size)"
+            print(f"  {label:<28}" + " / ".join(f"{n:,d}" for n in sizes) + grows)
+
+        with torch.inference_mode():
+            for mode in modes:
+                state = model.encoder.init_state(1, mode=mode)
+                sizes, enc, enc_len = [state.nbytes()], [], []
+                for _ in range(2):
+                    out, out_len, state = model.encoder.stream(feats, feat_len, state)
+                    sizes.append(state.nbytes())
+                    enc.append(out)
+                    enc_len.append(out_len)
+                row("encoder" + (f" ({mode})" if len(modes) > 1 else ""), sizes)
+            st = model.st_ctc.init_state(1)
+            mt = model.mt_decoder.init_state(1)
+            st_sizes, mt_sizes = [st.nbytes()], [mt.nbytes()]
+            for out, out_len in zip(enc, enc_len, strict=True):
+                _, _, st = model.st_ctc.stream(out, out_len, st)
+                mt = model.mt_decoder.extend_memory(out, out_len, mt)
+                st_sizes.append(st.nbytes())
+                mt_sizes.append(mt.nbytes())
+            row("ST CTC decoder", st_sizes)
+            row("MT cross-attention memory", mt_sizes)
+            _, hidden, mt_tok = model.mt_decoder.step(torch.tensor([2]), mt)
+            one = torch.tensor([1])
+            t2u0 = model.t2u.init_state(1)
+            t2u_out, _, t2u1 = model.t2u.stream(hidden[:, None], one, t2u0)
+            unit0 = model.unit_decoder.init_state(1)
+            _, _, unit1 = model.unit_decoder.stream(t2u_out, one, unit0)
+            per_token = mt_tok.nbytes() - mt.nbytes() + t2u1.nbytes() - t2u0.nbytes()
+            per_token += unit1.nbytes() - unit0.nbytes()
+            print(
+                f"  {'decoders, per target token':<28}{per_token:,d} (MT self-attention, T2U, "
+                f"unit decoder: {cfg.unit_decoder.upsample_rate} frames + cross-attention)"
+            )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench.encoder import run_benchmark
+    from .bench.report import plot, render_markdown
+
+    log = (
+        (lambda *a, **k: None)
+        if args.json == "-"
+        else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    )
+    results = run_benchmark(
+        quick=args.quick,
+        echostream_config=_opt_config(args.echostream),
+        streamspeech_config=_opt_config(args.streamspeech),
+        log=log,
+    )
+    text = render_markdown(results)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "results.md").write_text(text)
+        for path in plot(results, out):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json == "-":
+        print(json.dumps(results, indent=1, default=str))
+    else:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        print(text)
+    return 0
+
+
+def _opt_config(name: str | None) -> Path | None:
+    return _config_path(name) if name else None
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echostream", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("encode", help="stream a wav through the encoder, print a per-chunk table")
+    p.add_argument("--config", default="echostream", help="config path or name")
+    p.add_argument("--audio", required=True)
+    p.add_argument("--chunk-ms", type=int, default=320)
+    p.add_argument(
+        "--mode",
+        choices=["cached", "recompute"],
+        default="cached",
+        help="Conformer streaming mode (recompute = StreamSpeech's agent)",
+    )
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("demo", help="the main job on the bundled sample")
+    p.add_argument("--audio", help="a wav file instead of the bundled sample")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks (encoder: recompute vs cached vs Emformer)")
+    p.add_argument("what", choices=["encoder"])
+    p.add_argument("--quick", action="store_true", help="a subset that runs in < 60 s (CI)")
+    p.add_argument("--json", help="write results as JSON to this path ('-' = stdout only)")
+    p.add_argument("--out", help="folder for results.json, results.md and PNG plots")
+    p.add_argument("--echostream", help="EchoStream config (default: reference)")
+    p.add_argument("--streamspeech", help="baseline config (default: reference)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="parameters per component")
+    p.add_argument("--config", nargs="+", default=["echostream", "streamspeech"])
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
