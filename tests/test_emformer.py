@@ -28,9 +28,17 @@ def _one_thread():
 
 
 def make(seed: int = 0, **overrides) -> Emformer:
-    fields = dict(d_model=D, num_layers=2, num_heads=2, ffn_dim=32, dropout=0.0,
-                  segment_length=4, left_context_length=3, right_context_length=1,
-                  memory_size=2)
+    fields = dict(
+        d_model=D,
+        num_layers=2,
+        num_heads=2,
+        ffn_dim=32,
+        dropout=0.0,
+        segment_length=4,
+        left_context_length=3,
+        right_context_length=1,
+        memory_size=2,
+    )
     fields.update(overrides)
     torch.manual_seed(seed)
     model = Emformer(EmformerConfig(**fields)).eval()
@@ -46,8 +54,14 @@ def inputs(lengths: list[int], seed: int = 1) -> tuple[torch.Tensor, torch.Tenso
     return x, torch.tensor(lengths)
 
 
-def stream_all(model: Emformer, x: torch.Tensor, x_len: torch.Tensor, chunk: int | str,
-               seed: int = 0, state: EmformerState | None = None) -> list[torch.Tensor]:
+def stream_all(
+    model: Emformer,
+    x: torch.Tensor,
+    x_len: torch.Tensor,
+    chunk: int | str,
+    seed: int = 0,
+    state: EmformerState | None = None,
+) -> list[torch.Tensor]:
     """Feed each stream its own frames in chunks (``"random"``: ragged sizes per stream and
     call, zeros included), then flush; returns the concatenated outputs of each stream."""
     rng = random.Random(seed)
@@ -56,8 +70,10 @@ def stream_all(model: Emformer, x: torch.Tensor, x_len: torch.Tensor, chunk: int
     pos, outs = [0] * b, [[] for _ in range(b)]
     lengths = x_len.tolist()
     while True:
-        sizes = [min(chunk if chunk != "random" else rng.randint(0, 2 * seg + 2), n - p)
-                 for p, n in zip(pos, lengths, strict=True)]
+        sizes = [
+            min(chunk if chunk != "random" else rng.randint(0, 2 * seg + 2), n - p)
+            for p, n in zip(pos, lengths, strict=True)
+        ]
         final = all(p + s >= n for p, s, n in zip(pos, sizes, lengths, strict=True))
         chunk_x = torch.zeros(b, max(sizes), x.shape[2])
         for i in range(b):
@@ -92,8 +108,12 @@ def naive_forward(model: Emformer, x: torch.Tensor) -> torch.Tensor:
     """One stream x (T, D), written from the module docstring's definition, segment by
     segment with explicit key lists and a hand-written softmax."""
     cfg = model.cfg
-    seg, ctx, right, mem = (cfg.segment_length, cfg.left_context_length,
-                            cfg.right_context_length, cfg.memory_size)
+    seg, ctx, right, mem = (
+        cfg.segment_length,
+        cfg.left_context_length,
+        cfg.right_context_length,
+        cfg.memory_size,
+    )
     t, d, heads = x.shape[0], cfg.d_model, cfg.num_heads
     bounds = [(s, min(s + seg, t)) for s in range(0, t, seg)]
     main = x.clone()
@@ -142,6 +162,7 @@ def naive_forward(model: Emformer, x: torch.Tensor) -> torch.Tensor:
                 y_r = conv.conv_valid(torch.cat([u_pad[e : e + k1], conv.glu(rights[i])])[None])
                 new_rights.append(rights[i] + conv.tail(y_r[0]))
             main, rights = main + conv.tail(y), new_rights
+
         def ffn(r, layer=layer):
             return layer.ffn_out(layer.activation(layer.ffn_in(layer.ffn_norm(r))))
 
@@ -151,12 +172,24 @@ def naive_forward(model: Emformer, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("seg", "ctx", "right", "mem", "conv"),
-    [(4, 3, 2, 2, 3), (3, 5, 0, 1, 0), (2, 0, 4, 3, 4), (4, 30, 1, 8, 0), (1, 2, 1, 0, 2)],
+    ("seg", "ctx", "right", "mem", "conv", "layers"),
+    [
+        (4, 3, 2, 2, 3, 3),
+        (3, 5, 0, 1, 0, 2),
+        (2, 0, 4, 3, 4, 2),
+        (4, 30, 1, 8, 0, 3),
+        (1, 2, 1, 0, 2, 1),
+    ],
 )
-def test_forward_matches_naive_definition(seg, ctx, right, mem, conv):
-    model = make(segment_length=seg, left_context_length=ctx, right_context_length=right,
-                 memory_size=mem, conv_kernel_size=conv)
+def test_forward_matches_naive_definition(seg, ctx, right, mem, conv, layers):
+    model = make(
+        segment_length=seg,
+        left_context_length=ctx,
+        right_context_length=right,
+        memory_size=mem,
+        conv_kernel_size=conv,
+        num_layers=layers,
+    )
     lengths = [23, 14, 1]
     x, x_len = inputs(lengths)
     with torch.no_grad():
@@ -177,8 +210,13 @@ def test_stream_equals_forward(seg, ctx, right, mem):
     # the conv module alternates over the grid so that every axis value is seen with and
     # without it; test_stream_equals_forward_with_conv covers it on every chunking
     conv = 3 if (seg + ctx + right + mem) % 2 else 0
-    model = make(segment_length=seg, left_context_length=ctx, right_context_length=right,
-                 memory_size=mem, conv_kernel_size=conv)
+    model = make(
+        segment_length=seg,
+        left_context_length=ctx,
+        right_context_length=right,
+        memory_size=mem,
+        conv_kernel_size=conv,
+    )
     long = max(ctx, mem * seg) + seg + right + 3  # left context and memory fill up
     lengths = [long, seg + 2, 1]  # not multiples of L (for L > 1), one shorter than R
     assert_stream_matches(model, lengths, [1, 3, seg, 2 * seg + 1, "random"])
@@ -187,8 +225,14 @@ def test_stream_equals_forward(seg, ctx, right, mem):
 @pytest.mark.parametrize("conv", [2, 5])
 @pytest.mark.parametrize(("seg", "right"), [(1, 4), (2, 1), (4, 0), (3, 2)])
 def test_stream_equals_forward_with_conv(seg, right, conv):
-    model = make(segment_length=seg, right_context_length=right, conv_kernel_size=conv,
-                 left_context_length=3, memory_size=2)
+    model = make(
+        num_layers=3,
+        segment_length=seg,
+        right_context_length=right,
+        conv_kernel_size=conv,
+        left_context_length=3,
+        memory_size=2,
+    )
     assert_stream_matches(model, [19, 6, 2], [1, 3, seg, 2 * seg + 1, "random"])
 
 
@@ -296,8 +340,16 @@ def test_training_forward_backward():
 
 
 def test_state_stays_bounded():
-    model = make(d_model=8, num_layers=1, ffn_dim=8, segment_length=16, left_context_length=4,
-                 memory_size=2, conv_kernel_size=3, right_context_length=1)
+    model = make(
+        d_model=8,
+        num_layers=1,
+        ffn_dim=8,
+        segment_length=16,
+        left_context_length=4,
+        memory_size=2,
+        conv_kernel_size=3,
+        right_context_length=1,
+    )
     state = model.init_state(1)
     chunk = torch.randn(1, 500, 8)
     with torch.no_grad():
@@ -340,6 +392,14 @@ def test_stack_streams_started_at_different_times():
     out_b = torch.cat([yab[1, : lab[1]], yb2[0, : lb2[0]]])
     torch.testing.assert_close(out_a, ref_a[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(out_b, ref_b[0], atol=1e-5, rtol=0)
+
+
+def test_stream_keeps_no_autograd_graph():
+    model = make()  # parameters require grad; stream is inference only
+    x, x_len = inputs([9])
+    y, _, state = model.stream(x, x_len, model.init_state(1))
+    assert not y.requires_grad
+    assert not any(v.requires_grad for v in vars(state).values())
 
 
 def test_stream_does_not_mutate_its_state():
@@ -396,8 +456,13 @@ class _LargestTensor(TorchDispatchMode):
 
 def test_forward_never_builds_a_dense_time_by_time_tensor():
     # reference lengths (L 4, C 30, M 8) on a small width, 60 s of 40 ms frames
-    model = make(segment_length=4, left_context_length=30, memory_size=8,
-                 right_context_length=0, num_layers=2)
+    model = make(
+        segment_length=4,
+        left_context_length=30,
+        memory_size=8,
+        right_context_length=0,
+        num_layers=2,
+    )
     t = 1500
     x = torch.randn(1, t, D)
     masks = []
@@ -445,8 +510,10 @@ def test_forward_peak_memory_reference_config():
             model(x, x_len)[0].sum().backward()
 
         peaks[t] = (_peak_bytes(infer), _peak_bytes(train))
-        print(f"T={t}: forward (no grad) {peaks[t][0] / 2**20:.1f} MiB, "
-              f"forward + backward {peaks[t][1] / 2**20:.1f} MiB")
+        print(
+            f"T={t}: forward (no grad) {peaks[t][0] / 2**20:.1f} MiB, "
+            f"forward + backward {peaks[t][1] / 2**20:.1f} MiB"
+        )
     for mode in (0, 1):
         assert peaks[1500][mode] / peaks[400][mode] < 1.2 * 1500 / 400
     assert peaks[1500][0] < 128 * 2**20
