@@ -36,7 +36,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(VENV)/bin/echostream bench encoder --out docs/benchmarks/encoder
+	$(VENV)/bin/echostream bench encoder --out docs/benchmarks/encoder --doc docs/benchmarks/encoder.md
 
 demo: setup
 	$(VENV)/bin/echostream demo

@@ -91,24 +91,186 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def simulate_stream(
+    translator,
+    audio: Path,
+    out_wav: Path | None,
+    reference: str | None = None,
+    feed_ms: int = 40,
+    out=sys.stdout,
+) -> dict:
+    """Feed a wav to a StreamingTranslator as a live source would (``feed_ms`` pieces), print
+    what is emitted with its source time, write the English speech, print a latency summary."""
+    import numpy as np
+
+    from .audio.io import load_audio, save_audio
+    from .evaluation.latency import instance_latency
+
+    sr = translator.sample_rate
+    pcm = load_audio(audio, sr)
+    step = max(1, sr * feed_ms // 1000)
+    print(
+        f"# {audio.name}: {len(pcm) / sr:.2f} s, decision chunks of {translator.chunk_ms} ms, "
+        f"mode {translator.mode}",
+        file=out,
+    )
+
+    def show(events) -> None:
+        for e in events:
+            if e.kind == "asr":
+                print(f"[{e.time_s:6.2f} s] FR  {e.text}", file=out)
+            elif e.kind == "text":
+                print(f"[{e.time_s:6.2f} s] EN  {e.text}", file=out)
+
+    for start in range(0, len(pcm), step):
+        show(translator.push(pcm[start : start + step], sr))
+    show(translator.finish())
+    speech = translator.output_audio()
+    if out_wav is not None and speech.size:
+        save_audio(out_wav, speech, sr)
+    log = translator.instance_log(reference)
+    summary = {
+        "source_s": len(pcm) / sr,
+        "compute_s": translator.compute_s,
+        "rtf": translator.compute_s / (len(pcm) / sr),
+        "chunk_ms": [ms for _, ms in translator.step_times],
+        "transcript": translator.transcript,
+        "translation": translator.translation,
+        "speech_s": speech.size / sr,
+    }
+    print(f"\nFR transcript: {translator.transcript}", file=out)
+    print(f"EN translation: {translator.translation}", file=out)
+    if speech.size:
+        print(
+            f"EN speech: {speech.size / sr:.2f} s" + (f" -> {out_wav}" if out_wav else ""), file=out
+        )
+    if log.words:
+        lat = instance_latency(
+            log,
+            "text",
+            metrics=("AL", "LAAL", "AP", "DAL", "StartOffset"),
+            use_ref_len=reference is not None,
+        )
+        lat_ca = instance_latency(
+            log,
+            "text",
+            computation_aware=True,
+            metrics=("AL", "LAAL"),
+            use_ref_len=reference is not None,
+        )
+        summary["latency"] = lat
+        print(
+            "text latency (ms of source): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in lat.items())
+            + f"; computation-aware AL {lat_ca['AL']:.0f}, LAAL {lat_ca['LAAL']:.0f}",
+            file=out,
+        )
+    ms = np.array(summary["chunk_ms"])
+    print(
+        f"compute: {len(ms)} steps, median {np.median(ms):.1f} ms, max {ms.max():.1f} ms per "
+        f"{translator.chunk_ms} ms chunk; real-time factor {summary['rtf']:.3f}",
+        file=out,
+    )
+    return summary
+
+
+def _translator(args: argparse.Namespace):
+    from .models.checkpoint import load_checkpoint
+    from .models.unit_vocoder import UnitVocoder
+    from .streaming.translator import StreamingTranslator, load_pretrained
+
+    if args.checkpoint:
+        model, _ = load_checkpoint(args.checkpoint)
+        vocoder = UnitVocoder.load(args.vocoder) if args.vocoder else None
+    else:
+        model, vocoder = load_pretrained(args.model)
+        if args.vocoder:
+            vocoder = UnitVocoder.load(args.vocoder)
+    return StreamingTranslator(model, vocoder, chunk_ms=args.chunk_ms, mode=args.mode)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    simulate_stream(
+        _translator(args),
+        Path(args.audio),
+        Path(args.out) if args.out else None,
+        reference=args.reference,
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .evaluation.runner import evaluate, render_markdown
+
+    torch.set_num_threads(args.threads)
+    translator = _translator(args)
+    asr = None
+    if not args.no_asr:
+        from .evaluation.asr import EnglishASR
+
+        asr = EnglishASR(lm=args.asr_lm)
+    chunks = [int(c) for c in args.chunks.split(",") if c]
+    results = evaluate(
+        translator.model,
+        translator.core.vocoder,
+        Path(args.data),
+        args.split,
+        chunks,
+        offline=not args.no_offline,
+        mode=args.mode,
+        limit=args.limit,
+        asr=asr,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
+    text = render_markdown(results, args.title or (args.checkpoint or args.model))
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+def _sample_reference(audio: Path) -> tuple[str, str] | None:
+    """(French, English) of a bundled sample ``fr_<split>_<n>.wav`` from data/fr-en/."""
+    parts = audio.stem.split("_")
+    table = REPO_DIR / "data" / "fr-en" / f"{parts[1]}.tsv" if len(parts) == 3 else None
+    if table is None or not table.is_file():
+        return None
+    for line in table.read_text(encoding="utf-8").splitlines():
+        cols = line.split("\t")
+        if cols[0] == f"ddtp-{parts[2]}":
+            return cols[1], cols[2]
+    return None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .streaming.translator import StreamingTranslator
+
+    torch.set_num_threads(args.threads)
     samples = sorted(SAMPLES_DIR.glob("*.wav"))
-    if not samples:
-        raise SystemExit(f"echostream demo: no bundled samples in {SAMPLES_DIR}")
     audio = Path(args.audio) if args.audio else samples[0]
+    translator = StreamingTranslator.from_pretrained(args.model, chunk_ms=320)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wav = out / f"{audio.stem}.en.wav"
     print(
-        f"EchoStream demo: streaming {audio.name} through the EchoStream encoder "
-        f"(reference config, 320 ms chunks). The translation model is not bundled yet; "
-        f"this shows the streaming encoder stage of the pipeline.\n"
+        f"EchoStream demo: {args.model} (bundled, CPU, {args.threads} thread), streaming "
+        f"{audio.name} in 320 ms decision chunks as it would arrive live.\n"
     )
-    rows = stream_encoder_table("echostream", audio, 320, "cached", args.threads)
-    ms = sorted(r["compute_ms"] for r in rows)
-    audio_s = rows[-1]["audio_s"]
-    print(
-        f"\n{len(rows)} chunks, {rows[-1]['total_frames']} encoder frames (40 ms) for "
-        f"{audio_s:.2f} s of audio; compute per chunk median {ms[len(ms) // 2]:.1f} ms, "
-        f"max {ms[-1]:.1f} ms; real-time factor {sum(ms) / 1000 / audio_s:.3f}"
-    )
+    reference = _sample_reference(audio)
+    simulate_stream(translator, audio, wav, reference=None)
+    if reference:
+        print(f"\nreference  FR: {reference[0]}\n           EN: {reference[1]}")
     return 0
 
 
@@ -183,7 +345,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from .bench.encoder import run_benchmark
-    from .bench.report import plot, render_markdown
+    from .bench.report import plot, render_doc, render_markdown
 
     log = (
         (lambda *a, **k: None)
@@ -202,8 +364,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
         (out / "results.md").write_text(text)
-        for path in plot(results, out):
+        plots = plot(results, out)
+        for path in plots:
             print(f"wrote {path}", file=sys.stderr)
+        if args.doc:
+            command = (
+                "echostream bench encoder " + " ".join(sys.argv[3:])
+                if len(sys.argv) > 3
+                else "echostream bench encoder"
+            )
+            Path(args.doc).write_text(render_doc(results, command, plots, Path(args.doc)))
     if args.json == "-":
         print(json.dumps(results, indent=1, default=str))
     else:
@@ -237,8 +407,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("demo", help="the main job on the bundled sample")
+    p = sub.add_parser("stream", help="simulate a live stream of a wav file through the agent")
+    p.add_argument(
+        "--model",
+        default="echostream-tiny-fr-en",
+        help="bundled model name or folder with model.pt [+ vocoder.pt]",
+    )
+    p.add_argument("--checkpoint", help="an EchoStream checkpoint instead of --model")
+    p.add_argument("--vocoder", help="a unit vocoder checkpoint (vocoder.pt)")
+    p.add_argument("--audio", required=True)
+    p.add_argument("--chunk-ms", type=int, default=320)
+    p.add_argument("--mode", choices=["incremental", "recompute"], default="incremental")
+    p.add_argument("--out", help="write the English speech here (wav)")
+    p.add_argument("--reference", help="reference translation (for length-adaptive latency)")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("evaluate", help="BLEU, ASR-BLEU, WER and latency on a corpus split")
+    p.add_argument("--model", default="echostream-tiny-fr-en")
+    p.add_argument("--checkpoint")
+    p.add_argument("--vocoder")
+    p.add_argument("--data", required=True, help="corpus folder with {split}.tsv")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--limit", type=int, help="first N utterances")
+    p.add_argument("--chunks", default="160,320,640", help="decision chunks in ms")
+    p.add_argument("--mode", choices=["incremental", "recompute"], default="incremental")
+    p.add_argument("--no-offline", action="store_true")
+    p.add_argument("--no-asr", action="store_true", help="skip ASR-BLEU (pocketsphinx)")
+    p.add_argument("--asr-lm", help="LM for pocketsphinx (built from training targets only)")
+    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--title")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_evaluate, chunk_ms=320)
+
+    p = sub.add_parser("demo", help="the main job: translate a bundled recording live")
     p.add_argument("--audio", help="a wav file instead of the bundled sample")
+    p.add_argument("--model", default="echostream-tiny-fr-en")
+    p.add_argument("--out", default="out/demo", help="folder for the English speech")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_demo)
 
@@ -247,9 +452,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a subset that runs in < 60 s (CI)")
     p.add_argument("--json", help="write results as JSON to this path ('-' = stdout only)")
     p.add_argument("--out", help="folder for results.json, results.md and PNG plots")
+    p.add_argument("--doc", help="also write a documentation page (needs --out for its plots)")
     p.add_argument("--echostream", help="EchoStream config (default: reference)")
     p.add_argument("--streamspeech", help="baseline config (default: reference)")
     p.set_defaults(func=cmd_bench)
+
+    sub.add_parser("train", help="train a model (echostream train --help)", add_help=False)
+    sub.add_parser(
+        "prepare",
+        help="build corpora: `prepare synth` (synthetic Fr→En speech) or "
+        "`prepare cvss-c` (echostream prepare synth --help)",
+        add_help=False,
+    )
 
     p = sub.add_parser("info", help="parameters per component")
     p.add_argument("--config", nargs="+", default=["echostream", "streamspeech"])
@@ -257,7 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Verbs whose own modules own their arguments: the rest of the command line is handed over.
+PASS_THROUGH = {
+    ("train",): ("echostream.training.trainer", "main_train"),
+    ("prepare", "synth"): ("echostream.data.synth", "main_prepare_synth"),
+    ("prepare", "cvss-c"): ("echostream.data.cvss", "main_prepare_cvss_c"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import importlib
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for words, (module, func) in PASS_THROUGH.items():
+        if tuple(argv[: len(words)]) == words:
+            return getattr(importlib.import_module(module), func)(argv[len(words) :])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

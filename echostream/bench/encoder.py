@@ -39,7 +39,9 @@ from ..models.emformer import Emformer
 
 FRAME_MS = 40  # one encoder frame (10 ms fbank hop × 4 subsampling)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "fr-en"
-DIRECT_RECOMPUTE_LIMIT_S = 10  # longer recompute utterances are extrapolated from measured calls
+# Recompute utterances longer than this are extrapolated from measured single calls (full run;
+# quick mode measures only the 1 s utterance directly and extrapolates 10 s, said in the table).
+DIRECT_RECOMPUTE_LIMIT_S = {False: 10, True: 1}
 PLAN_RATIOS = {1: 5.5, 5: 25.5, 10: 50.5, 30: 150.5}  # the plan's claim at 100 ms chunks
 
 
@@ -207,10 +209,9 @@ def extrapolate_recompute(fit_points: list[dict], seconds: float, chunk_ms: int)
 
 _RSS_PROBE = """
 import resource, sys, torch
-from echostream.bench.encoder import build_contenders, CONFIG_DIR
+from echostream.bench.encoder import build_contenders
 frames = int(sys.argv[1])
-c = build_contenders(CONFIG_DIR / "config_echostream.yaml",
-                     CONFIG_DIR / "config_streamspeech.yaml")[0]
+c = build_contenders(sys.argv[2], sys.argv[3])[0]
 x = torch.randn(1, frames, c.module.cfg.d_model)
 with torch.inference_mode():
     _, _, state = c.stream(x[:, :-1], c.init_state())
@@ -219,20 +220,26 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def recompute_peak_memory(seconds: float) -> dict[str, float]:
+def recompute_peak_memory(
+    seconds: float, echostream_config: Path, streamspeech_config: Path
+) -> dict[str, float]:
     """Peak-RSS growth of recompute calls at ``seconds`` of prefix, in a fresh subprocess,
     over a subprocess that only builds the models (ru_maxrss is a high-water mark)."""
     frames = int(seconds * 1000 / FRAME_MS)
     code = (
-        "import resource, torch\n"
-        "from echostream.bench.encoder import build_contenders, CONFIG_DIR\n"
-        "build_contenders(CONFIG_DIR / 'config_echostream.yaml',"
-        " CONFIG_DIR / 'config_streamspeech.yaml')\n"
+        "import resource, sys\n"
+        "from echostream.bench.encoder import build_contenders\n"
+        "build_contenders(sys.argv[1], sys.argv[2])\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base_kb = int(subprocess.check_output([sys.executable, "-c", code], env=env).split()[-1])
-    out = subprocess.check_output([sys.executable, "-c", _RSS_PROBE, str(frames)], env=env)
+    configs = [str(echostream_config), str(streamspeech_config)]
+    base_kb = int(
+        subprocess.check_output([sys.executable, "-c", code, *configs], env=env).split()[-1]
+    )
+    out = subprocess.check_output(
+        [sys.executable, "-c", _RSS_PROBE, str(frames), *configs], env=env
+    )
     peak_kb = int(out.split()[-1])
     return {"seconds": seconds, "frames": frames, "peak_rss_growth_mb": (peak_kb - base_kb) / 1024}
 
@@ -285,12 +292,12 @@ def run_benchmark(
                         f"pos={pos}s median={row['median_ms']:.1f}ms p95={row['p95_ms']:.1f}ms"
                     )
     torch.set_num_threads(1)
-    fit_prefixes = [25, 125, 250, 500] if quick else [25, 125, 250, 500, 750, 1000, 1500]
+    fit_prefixes = [25, 125, 250] if quick else [25, 125, 250, 500, 750, 1000, 1500]
     fit = recompute_call_cost(contenders[0], x, fit_prefixes)["points"]
     results["recompute_fit_points"] = fit
     for seconds in lengths:
         for c in contenders:
-            if c.mode == "recompute" and seconds > DIRECT_RECOMPUTE_LIMIT_S:
+            if c.mode == "recompute" and seconds > DIRECT_RECOMPUTE_LIMIT_S[quick]:
                 row = extrapolate_recompute(fit, seconds, 100)
             else:
                 row = utterance_cost(c, x, seconds, 100)
@@ -315,7 +322,7 @@ def run_benchmark(
     mem_lengths = [10] if quick else [10, 30, 60]
     heads = contenders[0].module.cfg.num_heads
     for seconds in mem_lengths:
-        row = recompute_peak_memory(seconds)
+        row = recompute_peak_memory(seconds, echo_cfg, base_cfg)
         row["attention_tensors_mb"] = attention_tensor_bytes(heads, row["frames"]) / 2**20
         results["memory"][str(seconds)] = row
         log(f"memory recompute {seconds}s peak RSS growth {row['peak_rss_growth_mb']:.1f} MB")

@@ -1,0 +1,117 @@
+"""English ASR for ASR-BLEU / ASR-WER: pocketsphinx 5 with the en-us model its wheel ships.
+
+``EnglishASR`` wraps ``pocketsphinx.Decoder``: 16 kHz mono float PCM in [-1, 1] in, lower-case
+text out. The acoustic model (``en-us``), the dictionary (``cmudict-en-us.dict``) and, by default,
+the generic US-English trigram LM (``en-us.lm.bin``) are those of the ``pocketsphinx`` PyPI wheel
+(``pocketsphinx.get_model_path()``); ``lm=`` takes another ARPA/binary LM (e.g. one built from the
+training targets only, never dev/test), ``dict=`` another pronunciation dictionary. Each
+utterance is decoded as one whole utterance (``full_utt=True``), so results do not depend on
+chunking; decoding is deterministic.
+
+Scoring: :func:`word_error_rate` (corpus-level: total edits / total reference words) and
+:func:`asr_bleu` (sacrebleu corpus BLEU) on text normalised by
+:func:`echostream.text.normalize.normalize` (lower-case, punctuation removed, inner apostrophes
+kept), applied to references and hypotheses alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from echostream.text.normalize import normalize
+
+SAMPLE_RATE = 16000
+
+
+class EnglishASR:
+    """pocketsphinx en-us recogniser. ``transcribe(pcm)`` -> text.
+
+    lm: path of an N-gram LM (ARPA or pocketsphinx binary); None: the wheel's generic en-us LM.
+    dict: pronunciation dictionary; None: the wheel's CMUdict.
+    """
+
+    def __init__(
+        self,
+        lm: str | os.PathLike | None = None,
+        dict: str | os.PathLike | None = None,  # pocketsphinx's own name
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        try:
+            from pocketsphinx import Decoder, get_model_path
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "EnglishASR needs pocketsphinx (pip install pocketsphinx; its wheel ships the "
+                "en-us model)"
+            ) from err
+        model = Path(get_model_path())
+        self.lm = Path(lm) if lm is not None else model / "en-us" / "en-us.lm.bin"
+        self.dict = Path(dict) if dict is not None else model / "en-us" / "cmudict-en-us.dict"
+        for what, path in (("language model", self.lm), ("dictionary", self.dict)):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: pocketsphinx {what} not found")
+        self.sample_rate = sample_rate
+        self._decoder = Decoder(
+            hmm=str(model / "en-us" / "en-us"),
+            lm=str(self.lm),
+            dict=str(self.dict),
+            samprate=float(sample_rate),
+            loglevel="FATAL",
+        )
+
+    def transcribe(self, pcm: np.ndarray) -> str:
+        """(N,) float PCM in [-1, 1] at ``sample_rate`` -> recognised words, lower-case ("" for
+        silence or empty input)."""
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if pcm.size == 0:
+            return ""
+        if not np.isfinite(pcm).all():
+            raise ValueError("EnglishASR.transcribe: audio contains NaN or infinite samples")
+        raw = np.clip(np.round(pcm * 32767.0), -32768, 32767).astype("<i2").tobytes()
+        dec = self._decoder
+        dec.start_utt()
+        dec.process_raw(raw, no_search=False, full_utt=True)
+        dec.end_utt()
+        hyp = dec.hyp()
+        return normalize(hyp.hypstr) if hyp is not None else ""
+
+    def transcribe_many(self, pcms: Iterable[np.ndarray]) -> list[str]:
+        return [self.transcribe(p) for p in pcms]
+
+
+def _edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Levenshtein distance between two word sequences (substitution = insertion = deletion = 1)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus WER in [0, inf): sum of word edit distances / sum of reference words, after
+    :func:`normalize` of both sides."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    edits = words = 0
+    for ref, hyp in zip(refs, hyps, strict=True):
+        r, h = normalize(ref).split(), normalize(hyp).split()
+        edits += _edit_distance(r, h)
+        words += len(r)
+    if words == 0:
+        raise ValueError("references contain no words")
+    return edits / words
+
+
+def asr_bleu(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """sacrebleu corpus BLEU (default 13a tokenisation) of normalised hypotheses vs references."""
+    import sacrebleu
+
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    return sacrebleu.corpus_bleu([normalize(h) for h in hyps], [[normalize(r) for r in refs]]).score
