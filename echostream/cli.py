@@ -29,7 +29,7 @@ def _config_path(name_or_path: str) -> Path:
 
 
 def stream_encoder_table(
-    config: str, audio: Path, chunk_ms: int, mode: str, threads: int, seed: int = 0, out=sys.stdout
+    config: str, audio: Path, chunk_ms: int, mode: str, threads: int, seed: int = 0, out=None
 ) -> list[dict]:
     """Stream a wav through a (randomly initialised) SpeechEncoder chunk by chunk; print a table.
 
@@ -41,6 +41,7 @@ def stream_encoder_table(
     from .config import load_config
     from .models.encoder import SpeechEncoder
 
+    out = out or sys.stdout
     torch.set_num_threads(threads)
     cfg = load_config(_config_path(config))
     torch.manual_seed(seed)
@@ -97,7 +98,7 @@ def simulate_stream(
     out_wav: Path | None,
     reference: str | None = None,
     feed_ms: int = 40,
-    out=sys.stdout,
+    out=None,
 ) -> dict:
     """Feed a wav to a StreamingTranslator as a live source would (``feed_ms`` pieces), print
     what is emitted with its source time, write the English speech, print a latency summary."""
@@ -106,6 +107,7 @@ def simulate_stream(
     from .audio.io import load_audio, save_audio
     from .evaluation.latency import instance_latency
 
+    out = out or sys.stdout
     sr = translator.sample_rate
     pcm = load_audio(audio, sr)
     step = max(1, sr * feed_ms // 1000)
@@ -459,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train a model (echostream train --help)", add_help=False)
     sub.add_parser(
+        "export", help="bundle a trained checkpoint + vocoder for from_pretrained", add_help=False
+    )
+    sub.add_parser(
         "prepare",
         help="build corpora: `prepare synth` (synthetic Fr→En speech) or "
         "`prepare cvss-c` (echostream prepare synth --help)",
@@ -476,6 +481,7 @@ PASS_THROUGH = {
     ("train",): ("echostream.training.trainer", "main_train"),
     ("prepare", "synth"): ("echostream.data.synth", "main_prepare_synth"),
     ("prepare", "cvss-c"): ("echostream.data.cvss", "main_prepare_cvss_c"),
+    ("export",): ("echostream.training.export", "main_export"),
 }
 
 
