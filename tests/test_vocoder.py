@@ -352,6 +352,30 @@ def test_pretrained_vocoder_runs():
     assert torch.isfinite(wav).all() and 1e-3 < float(wav.abs().max()) <= 1.5
 
 
+def test_pretrained_vocoder_is_intelligible():
+    """pico2wave English -> shipped k-means units -> shipped vocoder -> pocketsphinx."""
+    pytest.importorskip("pocketsphinx")
+    from echostream.data.tts import pico_available, pico_synth
+    from echostream.data.units import UnitKMeans
+    from echostream.evaluation.asr import EnglishASR, word_error_rate
+
+    if not pico_available() or not (PRETRAINED / "vocoder.pt").is_file():
+        pytest.skip("needs pico2wave and the shipped vocoder")
+    km = UnitKMeans.load(PRETRAINED / "kmeans.npz")
+    model = UnitVocoder.load(PRETRAINED / "vocoder.pt")
+    asr = EnglishASR()
+    refs = ["this package contains the documentation", "support for the new version"]
+    hyps = []
+    for text in refs:
+        pcm, _ = pico_synth(text)
+        units = km.units(pcm)
+        with torch.no_grad():
+            wav, n = model(torch.tensor([units]))
+        assert abs(int(n[0]) - pcm.size) < 0.25 * pcm.size  # predicted durations ≈ real ones
+        hyps.append(asr.transcribe(wav[0, : n[0]].numpy()))
+    assert word_error_rate(refs, hyps) <= 0.25, hyps
+
+
 # ------------------------------------------------------------------------- training script
 
 

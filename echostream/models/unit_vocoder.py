@@ -20,7 +20,9 @@ definition is the same for whole sequences and streams, so :meth:`UnitVocoder.st
 units in any chunking, with ``final=True`` at the end — returns exactly the samples of
 :meth:`UnitVocoder.forward` (to float rounding, ≤ 1e-5), **including the first and last
 samples**: no crossfade is needed. A sample is emitted once every frame that overlaps it is
-known: latency = ``unit_lookahead`` units + ``frame_lookahead`` frames + 1.5 frames of overlap-add.
+known: latency = ``unit_lookahead`` units + ``frame_lookahead`` frames + 15 ms (1.5 STFT hops)
+of overlap-add. ``stream`` runs the streams of a batch one after the other (exact and simple;
+the model is small enough that batching would only save Python overhead).
 
 Durations: each unit lasts ``d ≥ 1`` unit frames of 20 ms (320 samples). Training uses the gold
 run lengths of the frame-level units; inference predicts ``d = clamp(round(exp(log_d)), 1,
