@@ -359,6 +359,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         echostream_config=_opt_config(args.echostream),
         streamspeech_config=_opt_config(args.streamspeech),
         log=log,
+        threads=[int(t) for t in args.threads.split(",")] if args.threads else None,
     )
     text = render_markdown(results)
     out = Path(args.out) if args.out else None
@@ -455,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write results as JSON to this path ('-' = stdout only)")
     p.add_argument("--out", help="folder for results.json, results.md and PNG plots")
     p.add_argument("--doc", help="also write a documentation page (needs --out for its plots)")
+    p.add_argument(
+        "--threads",
+        help="thread counts for the latency table, e.g. 1,2 (default: 1 and all cores; quick: 1)",
+    )
     p.add_argument("--echostream", help="EchoStream config (default: reference)")
     p.add_argument("--streamspeech", help="baseline config (default: reference)")
     p.set_defaults(func=cmd_bench)

@@ -130,3 +130,25 @@ def test_bad_inputs_raise_clear_errors():
         encoder.stream_pcm(torch.randn(100), torch.tensor([100]), encoder.init_state(1))
     with pytest.raises(ValueError, match="mode"):
         encoder.init_state(1, mode="fast")
+
+
+def test_encode_cli_prints_a_row_per_chunk(capsys):
+    from pathlib import Path
+
+    from echostream.cli import main
+
+    sample = sorted(
+        (Path(__file__).resolve().parents[1] / "echostream" / "assets" / "samples").glob("*.wav")
+    )[0]
+    assert (
+        main(["encode", "--config", "echostream_tiny", "--audio", str(sample), "--chunk-ms", "320"])
+        == 0
+    )
+    rows = [
+        line.split()
+        for line in capsys.readouterr().out.splitlines()
+        if line and line.split()[0].isdigit()
+    ]
+    assert len(rows) >= 8 and [int(r[0]) for r in rows] == list(range(len(rows)))
+    total = sum(int(r[2]) for r in rows)
+    assert total == int(rows[-1][3]) > 0  # frames out add up to the running total

@@ -257,6 +257,7 @@ def run_benchmark(
     echostream_config: Path | None = None,
     streamspeech_config: Path | None = None,
     log=print,
+    threads: list[int] | None = None,
 ) -> dict[str, Any]:
     echo_cfg = echostream_config or CONFIG_DIR / "config_echostream.yaml"
     base_cfg = streamspeech_config or CONFIG_DIR / "config_streamspeech.yaml"
@@ -265,7 +266,7 @@ def run_benchmark(
     torch.manual_seed(1)
     positions = [1, 10] if quick else [1, 5, 10, 30, 60]
     chunk_sizes = [160] if quick else [40, 100, 160, 320]
-    thread_counts = [1] if quick else sorted({1, os.cpu_count() or 1})
+    thread_counts = threads or ([1] if quick else sorted({1, os.cpu_count() or 1}))
     lengths = [1, 10] if quick else [1, 5, 10, 30, 60]
     repeats = 3 if quick else 7
     x = torch.randn(1, int(max(positions + lengths) * 25) + 64, d_model)

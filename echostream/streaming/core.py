@@ -262,7 +262,8 @@ class IncrementalCore:
         if steps == 0:
             empty = torch.zeros(batch, 0, dtype=torch.long, device=pending.device)
             d = dec.embed_tokens.weight.shape[1]
-            return (empty, committed, torch.zeros(batch, 0, d), committed, mt, pending)
+            hidden = dec.embed_tokens.weight.new_zeros(batch, 0, d)
+            return empty, committed, hidden, committed, mt, pending
         tokens_t = torch.stack(tokens, 1)  # (B, steps)
         hidden_t = torch.stack(hiddens, 1)  # (B, steps, D)
         n_tokens = committed - ended.long()  # tokens = committed positions, minus EOS's
