@@ -95,8 +95,12 @@ def render_markdown(r: dict[str, Any]) -> str:
     ]
     em_state = r["state_bytes"]["echostream-emformer"]
     for seconds, row in sorted(r["memory"].items(), key=lambda kv: float(kv[0])):
+        growth = row["peak_rss_growth_mb"]
+        # ru_maxrss is a high-water mark: growth <= 0 means the step stayed below the peak that
+        # building the models reached, i.e. the probe could not resolve it.
+        growth_text = f"{growth:.1f} MB" if growth > 0.5 else "not resolved (below build peak)"
         lines.append(
-            f"| {seconds} s | {row['peak_rss_growth_mb']:.1f} MB | "
+            f"| {seconds} s | {growth_text} | "
             f"{row['attention_tensors_mb']:.1f} MB | "
             f"{em_state['after_10s'] / 2**20:.2f} MB |"
         )
