@@ -83,6 +83,14 @@ def _rows(ids: Tensor, counts: Tensor) -> list[list[int]]:
     return [ids[b, : int(counts[b])].tolist() for b in range(ids.shape[0])]
 
 
+def word_start_table(model: EchoStreamModel) -> Tensor:
+    """(V,) bool: which target ids begin a word (sentencepiece's ▁), for the whole-word rule."""
+    tok = model.tgt_tokenizer
+    if tok is None:
+        raise ValueError("whole_word needs the model's target tokenizer (attach_tokenizers)")
+    return torch.tensor([tok.sp.id_to_piece(i).startswith("▁") for i in range(tok.vocab_size)])
+
+
 class IncrementalCore:
     """Batched incremental simultaneous translation with StreamSpeech's policy.
 
@@ -104,16 +112,7 @@ class IncrementalCore:
         self.whole_word = whole_word
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
         self.sample_rate = model.cfg.features.sample_rate
-        self._word_start = None
-        if whole_word:
-            tok = model.tgt_tokenizer
-            if tok is None:
-                raise ValueError(
-                    "whole_word needs the model's target tokenizer (attach_tokenizers)"
-                )
-            self._word_start = torch.tensor(
-                [tok.sp.id_to_piece(i).startswith("▁") for i in range(tok.vocab_size)]
-            )
+        self._word_start = word_start_table(model) if whole_word else None
 
     # ------------------------------------------------------------------ state
 

@@ -25,7 +25,7 @@ from ..models.emformer import Emformer
 from ..models.subsampling import output_length
 from ..models.unit_vocoder import UnitVocoder
 from ..text.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from .core import StepOutput
+from .core import StepOutput, word_start_table
 
 
 @dataclass
@@ -63,14 +63,7 @@ class RecomputeCore:
         self.whole_word = whole_word
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
         if whole_word:
-            tok = model.tgt_tokenizer
-            if tok is None:
-                raise ValueError(
-                    "whole_word needs the model's target tokenizer (attach_tokenizers)"
-                )
-            self._is_word_start = [
-                tok.sp.id_to_piece(i).startswith("▁") for i in range(tok.vocab_size)
-            ]
+            self._is_word_start = word_start_table(model).tolist()
 
     def init_state(self, batch_size: int = 1) -> RecomputeState:
         if batch_size != 1:
