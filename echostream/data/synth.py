@@ -29,8 +29,8 @@ deterministic: same text, settings and installed engines → same files (``build
 the engines; resuming with other settings is refused).
 
 Sizes: ``tiny`` (240/30/30 pairs of at most 14 French words, K=100, vocab 500: tests and
-smoke runs, < 2 min on 2 cores), ``demo`` (4000 train pairs + the fixed 1000/1000 dev/test,
-K=100, vocab 1000, matching ``config_echostream_tiny.yaml``: the bundled model), ``full`` (all
+smoke runs, < 2 min on 2 cores), ``demo`` (6000 train pairs + the fixed 1000/1000 dev/test,
+K=1000, vocab 2000 per side: the corpus of the bundled model and vocoder), ``full`` (all
 43,301/1,000/1,000, K=1000, vocab 6000 like StreamSpeech).
 """
 
@@ -77,16 +77,13 @@ class SizePreset:
     num_units: int
 
 
-# demo: 4000 train pairs ≈ 6.5 h of French speech (mean ~5.9 s), + the fixed 1000/1000 dev/test.
-# Measured here: the tiny EchoStream encoder (configs/fr-en/config_echostream_tiny.yaml, 1.65M
-# parameters) trains at 4.4× real time on 2 threads on a heavily shared machine (load 9 on 2
-# cores), its forward being ~1/3 of the step; with the decoders and an unshared machine, ~8-10×
-# real time is the working estimate, i.e. 16-20 h of audio in 2 h: 2.5-3 epochs of 6.5 h.
-# Fewer pairs would mostly repeat the same templated sentences; more would be seen < 2 times.
-# Vocabulary (1000) and K (100) match config_echostream_tiny.yaml, the demo model's config.
+# demo: 6000 train pairs ≈ 7.8 h of French speech, + the fixed 1000/1000 dev/test; K=1000 units
+# (the bundled vocoder-tiny's k-means) and 2000 sentencepiece pieces per side (the bundled
+# echostream-tiny-fr-en's tokenizers; the trainer takes the vocabulary sizes from the corpus).
+# 48 min on the shared 2-core machine.
 SIZES: dict[str, SizePreset] = {
     "tiny": SizePreset(240, 30, 30, 14, 500, 500, 100),
-    "demo": SizePreset(4000, None, None, None, 1000, 1000, 100),
+    "demo": SizePreset(6000, None, None, None, 2000, 2000, 1000),
     "full": SizePreset(None, None, None, None, 6000, 6000, 1000),
 }
 
