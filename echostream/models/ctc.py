@@ -304,3 +304,33 @@ class STCTCDecoder(nn.Module):
         cache_v = torch.stack(new_v, 1) if new_v else state.cache_v
         new_state = STCTCState(pending, rest, cache_k, cache_v, cache_len, state.num_frames + ready)
         return self._output(x), ready, new_state
+
+
+def trailing_blanks(
+    logits_new: Tensor,
+    new_len: Tensor,
+    run: Tensor,
+    id_offset: int = 0,
+    suppress: Sequence[int] = (),
+) -> Tensor:
+    """Trailing run of blank frames after new frames: logits_new (B, T, C) (``new_len`` (B,)
+    valid), run (B,) blank frames at the end of what came before -> (B,) the run now. Chained
+    over calls it equals the trailing blank run of all frames at once (greedy best classes, as
+    :func:`greedy_ctc`)."""
+    classes = _best_classes(logits_new, id_offset, suppress)  # (B, T)
+    frames = classes.shape[1]
+    spoken = (classes != BLANK) & lengths_to_mask(new_len, frames)
+    index = torch.arange(frames, device=classes.device)
+    last = torch.where(spoken, index, -1).amax(1) if frames else new_len.new_full(run.shape, -1)
+    return torch.where(last >= 0, new_len - 1 - last, run + new_len)
+
+
+def restart_tokens(
+    state: CTCGreedyState, restart: Tensor, forget_last: bool = False
+) -> CTCGreedyState:
+    """Empty the token store of the streams ``restart`` (B,) bool (a new segment). The collapse
+    continues (a token spanning the boundary is not emitted twice) unless ``forget_last``."""
+    num = torch.where(restart, 0, state.num_tokens)
+    last = torch.where(restart, BLANK, state.last_class) if forget_last else state.last_class
+    width = int(num.max()) if num.numel() else 0
+    return CTCGreedyState(last, state.tokens[:, :width], num)

@@ -18,7 +18,9 @@ many encoder frames it may attend to — the training-time mirror of decoding a 
 that many frames had arrived. Incrementally, :class:`MTDecoderState` holds per layer the
 self-attention keys/values of the tokens fed so far and the cross-attention keys/values of the
 encoder frames received so far; :meth:`MTDecoder.extend_memory` projects only new frames, and
-each token sees exactly the frames in the state when it is fed.
+each token sees exactly the frames in the state when it is fed. For long streams the agent
+bounds both caches per sentence with :meth:`MTDecoderState.restart_tokens` and
+:meth:`MTDecoderState.memory_tail`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from echostream.models.layers import (
     append_ragged,
     causal_visibility,
     lengths_to_mask,
+    shift_left_ragged,
     sinusoidal_positions,
     zero_padding,
 )
@@ -56,6 +59,27 @@ class MTDecoderState(StreamState):
     mem_k: Tensor  # (B, L, H, S, Dh) cross-attention keys of the encoder frames so far
     mem_v: Tensor  # (B, L, H, S, Dh)
     mem_len: Tensor  # (B,) encoder frames received so far
+
+    def restart_tokens(self, restart: Tensor) -> MTDecoderState:
+        """Forget the tokens fed to the streams ``restart`` (B,) bool (a new sentence starts
+        at position 0); the self-attention cache keeps only what some stream still uses."""
+        num = torch.where(restart, 0, self.num_tokens)
+        width = int(num.max()) if num.numel() else 0
+        return self.replace(
+            self_k=self.self_k[..., :width, :], self_v=self.self_v[..., :width, :], num_tokens=num
+        )
+
+    def memory_tail(self, keep: Tensor) -> MTDecoderState:
+        """Keep only the last ``keep`` (B,) encoder frames of each stream's cross-attention
+        memory (``keep`` is clipped to ``mem_len``): a bounded memory for long streams."""
+        keep = torch.minimum(keep, self.mem_len)
+        width = int(keep.max()) if keep.numel() else 0
+        shift = self.mem_len - keep
+        return self.replace(
+            mem_k=shift_left_ragged(self.mem_k, shift, width),
+            mem_v=shift_left_ragged(self.mem_v, shift, width),
+            mem_len=keep,
+        )
 
 
 class MTDecoder(nn.Module):

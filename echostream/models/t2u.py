@@ -8,7 +8,8 @@ differ), with no LayerNorm.
 
 Causal, so every position is final as soon as it arrives: ``stream`` returns exactly one output
 per new input, and its state is the per-layer keys/values of the positions so far (it grows
-with the text, like the MT decoder's).
+with the text, like the MT decoder's; :meth:`T2UState.restart` empties it per stream when the
+agent starts a new sentence).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class T2UState(StreamState):
     self_k: Tensor  # (B, L, H, U, Dh)
     self_v: Tensor  # (B, L, H, U, Dh)
     length: Tensor  # (B,) positions so far
+
+    def restart(self, restart: Tensor) -> T2UState:
+        """Forget the positions of the streams ``restart`` (B,) bool (a new sentence)."""
+        length = torch.where(restart, 0, self.length)
+        width = int(length.max()) if length.numel() else 0
+        return T2UState(self.self_k[..., :width, :], self.self_v[..., :width, :], length)
 
 
 class T2UEncoder(nn.Module):

@@ -13,7 +13,8 @@ its training — whereas its agent re-runs the unit decoder over the whole text 
 With causal self-attention that makes the decoder incremental: new text positions produce new
 unit frames, old frames are final and never recomputed. The state holds, per layer, the
 self-attention keys/values of the frames so far and the cross-attention keys/values of the T2U
-positions so far (both grow with the sentence).
+positions so far (both grow with the sentence; :meth:`UnitDecoderState.restart` empties them per
+stream when the agent starts a new sentence).
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ class UnitDecoderState(StreamState):
     mem_k: Tensor  # (B, L, H, P, Dh) cross-attention keys of the T2U positions so far
     mem_v: Tensor  # (B, L, H, P, Dh)
     num_positions: Tensor  # (B,) T2U positions so far
+
+    def restart(self, restart: Tensor, rate: int) -> UnitDecoderState:
+        """Forget the positions (and their ``rate`` frames each) of the streams ``restart``
+        (B,) bool: a new sentence starts at frame 0."""
+        positions = torch.where(restart, 0, self.num_positions)
+        width = int(positions.max()) if positions.numel() else 0
+        f = width * rate
+        return UnitDecoderState(
+            self.self_k[..., :f, :],
+            self.self_v[..., :f, :],
+            self.mem_k[..., :width, :],
+            self.mem_v[..., :width, :],
+            positions,
+        )
 
 
 class UnitDecoder(nn.Module):

@@ -11,6 +11,13 @@ the decision was taken) and the compute time of the step that produced them. Dec
 every ``chunk_ms`` of input (StreamSpeech's decision chunk; a multiple of the encoder block is
 sensible). ``mode="incremental"`` runs every stage on new data only (EchoStream);
 ``mode="recompute"`` reproduces StreamSpeech's agent, which recomputes everything at every step.
+
+Long streams (a talk, an hour) are cut into sentences by ``segmenter``
+(:class:`~echostream.streaming.segmenter.SegmenterConfig`; on by default, it never fires on a
+short utterance without a pause): every stage's state and per-step compute stay bounded. Text
+events decode only the current sentence (the sentences before are kept as text), and with
+``history=False`` the translator keeps nothing of the past (no events, audio, ids or step
+times; ``Event.text`` is then the current sentence), so its memory is flat too.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from ..models.echostream import EchoStreamModel
 from ..models.unit_vocoder import UnitVocoder
 from .core import IncrementalCore, StepOutput
 from .recompute import RecomputeCore
+from .segmenter import SegmenterConfig
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Event:
     delta: str = ""  # asr/text: what this event added
     ids: list[int] = field(default_factory=list)  # new token ids or unit ids
     audio: np.ndarray | None = None  # float32 16 kHz samples (audio events)
+    segment: int = 0  # the sentence (segment) of the stream it belongs to, from 0
 
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
@@ -74,6 +83,8 @@ def load_pretrained(name_or_dir: str | Path) -> tuple[EchoStreamModel, UnitVocod
 class StreamingTranslator:
     """One live stream through the simultaneous pipeline (see module docstring)."""
 
+    history = True  # keep events, ids, audio and step times (``history=False``: nothing)
+
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, **kwargs) -> StreamingTranslator:
         """``StreamingTranslator.from_pretrained("echostream-tiny-fr-en", chunk_ms=320)``."""
@@ -89,6 +100,8 @@ class StreamingTranslator:
         whole_word: bool | None = None,
         max_len_a: float = 0.5,
         max_len_b: int = 10,
+        segmenter: SegmenterConfig | None = SegmenterConfig(),  # noqa: B008 - frozen values
+        history: bool = True,
     ):
         if chunk_ms <= 0:
             raise ValueError(f"chunk_ms must be > 0, got {chunk_ms}")
@@ -98,8 +111,8 @@ class StreamingTranslator:
         if whole_word and model.tgt_tokenizer is None:
             whole_word = False  # needs word boundaries from the target tokenizer
         core_cls = IncrementalCore if mode == "incremental" else RecomputeCore
-        self.core = core_cls(model, vocoder, whole_word, max_len_a, max_len_b)
-        self.model, self.mode, self.chunk_ms = model, mode, chunk_ms
+        self.core = core_cls(model, vocoder, whole_word, max_len_a, max_len_b, segmenter)
+        self.model, self.mode, self.chunk_ms, self.history = model, mode, chunk_ms, history
         self.sample_rate = model.cfg.features.sample_rate
         self.chunk_samples = round(self.sample_rate * chunk_ms / 1000)
         self.reset()
@@ -119,6 +132,11 @@ class StreamingTranslator:
         self.compute_s = 0.0
         self.step_times: list[tuple[float, float]] = []  # (source time s, compute ms) per step
         self.finished = False
+        self.segment = 0  # the current sentence
+        self.segment_ends: list[float] = []  # source time at which each sentence was closed
+        # per kind ("asr", "text"): text of the closed sentences, ids of the current one
+        self._done = {"asr": "", "text": ""}
+        self._current: dict[str, list[int]] = {"asr": [], "text": []}
 
     # ------------------------------------------------------------------ input
 
@@ -179,50 +197,74 @@ class StreamingTranslator:
         compute_ms = (time.perf_counter() - t0) * 1000
         self.compute_s += compute_ms / 1000
         self.samples_in += pcm.shape[1]
-        self.step_times.append((self.samples_in / self.sample_rate, compute_ms))
+        if self.history:
+            self.step_times.append((self.samples_in / self.sample_rate, compute_ms))
         events = self._events(outputs[0], self.samples_in / self.sample_rate, compute_ms)
-        self.events += events
+        if self.history:
+            self.events += events
         return events
 
     def _events(self, out: StepOutput, time_s: float, compute_ms: float) -> list[Event]:
         events: list[Event] = []
         total_ms = self.compute_s * 1000
-        src_tok, tgt_tok = self.model.src_tokenizer, self.model.tgt_tokenizer
+        seg = self.segment
         for kind, new, ids, tok in (
-            ("asr", out.asr_ids, self.asr_ids, src_tok),
-            ("text", out.target_ids, self.target_ids, tgt_tok),
+            ("asr", out.asr_ids, self.asr_ids, self.model.src_tokenizer),
+            ("text", out.target_ids, self.target_ids, self.model.tgt_tokenizer),
         ):
             if not new:
                 continue
-            before = tok.decode(ids) if tok is not None else ""
-            ids += new
-            text = tok.decode(ids) if tok is not None else " ".join(map(str, ids))
+            current = self._current[kind]
+            before = self._decode(tok, current)
+            current += new
+            if self.history:
+                ids += new
+            before = _join(self._done[kind], before)
+            text = _join(self._done[kind], self._decode(tok, current))
             delta = text[len(before) :] if text.startswith(before) else text
             events.append(
-                Event(kind, time_s, compute_ms, total_ms, text=text, delta=delta, ids=list(new))
+                Event(kind, time_s, compute_ms, total_ms, text, delta, list(new), segment=seg)
             )
         if out.units:
-            self.units += out.units
-            events.append(Event("units", time_s, compute_ms, total_ms, ids=list(out.units)))
+            if self.history:
+                self.units += out.units
+            events.append(
+                Event("units", time_s, compute_ms, total_ms, ids=list(out.units), segment=seg)
+            )
         if out.audio.numel():
             audio = out.audio.numpy().astype(np.float32)
-            self.audio.append(audio)
-            events.append(Event("audio", time_s, compute_ms, total_ms, audio=audio))
+            if self.history:
+                self.audio.append(audio)
+            events.append(Event("audio", time_s, compute_ms, total_ms, audio=audio, segment=seg))
+        if out.segment_end:  # the sentence is closed: its text is final
+            tokenizers = {"asr": self.model.src_tokenizer, "text": self.model.tgt_tokenizer}
+            for kind, tok in tokenizers.items():
+                sentence = self._decode(tok, self._current[kind]) if self.history else ""
+                self._done[kind] = _join(self._done[kind], sentence)
+                self._current[kind] = []
+            self.segment += 1
+            if self.history:
+                self.segment_ends.append(time_s)
         return events
+
+    @staticmethod
+    def _decode(tok, ids: list[int]) -> str:
+        return tok.decode(ids) if tok is not None else " ".join(map(str, ids))
 
     # ------------------------------------------------------------------ results
 
     @property
     def transcript(self) -> str:
-        tok = self.model.src_tokenizer
-        return tok.decode(self.asr_ids) if tok is not None else " ".join(map(str, self.asr_ids))
+        """The source transcript so far (its sentences joined by spaces)."""
+        return _join(
+            self._done["asr"], self._decode(self.model.src_tokenizer, self._current["asr"])
+        )
 
     @property
     def translation(self) -> str:
-        tok = self.model.tgt_tokenizer
-        return (
-            tok.decode(self.target_ids) if tok is not None else " ".join(map(str, self.target_ids))
-        )
+        """The translation so far (its sentences joined by spaces)."""
+        text = self._decode(self.model.tgt_tokenizer, self._current["text"])
+        return _join(self._done["text"], text)
 
     def output_audio(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
@@ -240,16 +282,24 @@ class StreamingTranslator:
             reference=reference,
             index=index,
         )
-        logged = 0
-        texts = [e for e in self.events if e.kind == "text"]
-        for i, e in enumerate(texts):
+        total = self.compute_s * 1000
+        logged, words = 0, []
+        for e in self.events:
+            if e.kind != "text":
+                continue
             words = e.text.split()
-            complete = len(words) if (i == len(texts) - 1 and self.finished) else len(words) - 1
-            if complete > logged:
-                log.add_text(words[logged:complete], 1000 * e.time_s, e.total_compute_ms)
-                logged = complete
+            if len(words) - 1 > logged:  # all but the last word are complete
+                log.add_text(words[logged:-1], 1000 * e.time_s, e.total_compute_ms)
+                logged = len(words) - 1
+        if self.finished and len(words) > logged:  # the end of the source completes the rest
+            log.add_text(words[logged:], 1000 * self.samples_in / self.sample_rate, total)
         for e in self.events:
             if e.kind == "audio":
                 log.add_audio(len(e.audio), self.sample_rate, 1000 * e.time_s, e.total_compute_ms)
-        log.finish(self.compute_s * 1000)
+        log.finish(total)
         return log
+
+
+def _join(done: str, current: str) -> str:
+    """Sentences joined by one space (a new sentence starts a new word)."""
+    return f"{done} {current}" if done and current else done or current
