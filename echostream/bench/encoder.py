@@ -272,7 +272,7 @@ def run_benchmark(
     x = torch.randn(1, int(max(positions + lengths) * 25) + 64, d_model)
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": _machine(),
+        "machine": machine_info(),
         "quick": quick,
         "configs": {"echostream": str(echo_cfg), "streamspeech": str(base_cfg)},
         "latency": [],
@@ -331,7 +331,7 @@ def run_benchmark(
     return results
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
