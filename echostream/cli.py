@@ -450,7 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="benchmarks (encoder: recompute vs cached vs Emformer)")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: `bench encoder` (recompute vs cached vs Emformer), `bench pipeline` "
+        "(whole agent, per-chunk compute vs position), `bench serve` (server load/faults), "
+        "`bench longstream` (one-hour stream: memory and per-chunk cost)",
+    )
     p.add_argument("what", choices=["encoder"])
     p.add_argument("--quick", action="store_true", help="a subset that runs in < 60 s (CI)")
     p.add_argument("--json", help="write results as JSON to this path ('-' = stdout only)")
@@ -470,9 +475,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "prepare",
-        help="build corpora: `prepare synth` (synthetic Fr→En speech) or "
-        "`prepare cvss-c` (echostream prepare synth --help)",
+        help="build corpora: `prepare synth` (synthetic Fr→En speech), `prepare cvss-c`, "
+        "`prepare longform` (minutes-long streams from a corpus split)",
         add_help=False,
+    )
+
+    sub.add_parser(
+        "results",
+        help="regenerate the docs/results tables and quality-latency curves",
+        add_help=False,
+    )
+    sub.add_parser(
+        "eval-longform",
+        help="long-form evaluation with simulstream and OmniSTEval (pip install .[simulstream])",
+        add_help=False,
+    )
+    sub.add_parser(
+        "serve", help="WebSocket streaming server with a microphone page", add_help=False
     )
 
     p = sub.add_parser("info", help="parameters per component")
@@ -487,6 +506,13 @@ PASS_THROUGH = {
     ("prepare", "synth"): ("echostream.data.synth", "main_prepare_synth"),
     ("prepare", "cvss-c"): ("echostream.data.cvss", "main_prepare_cvss_c"),
     ("export",): ("echostream.training.export", "main_export"),
+    ("prepare", "longform"): ("echostream.data.longform", "main_prepare_longform"),
+    ("eval-longform",): ("echostream.evaluation.longform", "main"),
+    ("bench", "pipeline"): ("echostream.bench.pipeline", "main"),
+    ("bench", "serve"): ("echostream.bench.serve_load", "main"),
+    ("bench", "longstream"): ("echostream.bench.longstream", "main"),
+    ("results",): ("echostream.evaluation.results", "main"),
+    ("serve",): ("echostream.serve.app", "main"),
 }
 
 
