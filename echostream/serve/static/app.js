@@ -5,14 +5,16 @@
 // server resamples to 16 kHz. The microphone goes through capture-worklet.js. A file is decoded
 // with decodeAudioData (which resamples it to the context's rate) and streamed over the same
 // WebSocket, by default at real-time pace — as a speaker would — so that the latency shown
-// means what it means live; with "as fast as possible" it is sent as quickly as the connection
-// takes it (the server reads it at the model's speed).
+// means what it means live; with "as fast as possible" it is sent as quickly as the server
+// steps through it: the page asks for "progress" messages and keeps what the server has not yet
+// processed under ready.max_buffer_seconds (minus a margin), the server's back-pressure limit.
 // Output: text events replace the whole text; each "audio" message is followed by one binary
 // frame of 16 kHz int16 LE samples, scheduled back-to-back in the same AudioContext.
 // window.echostream exposes the page's state (and start/stop/streamFile) for tests.
 "use strict";
 
 const FRAME_SECONDS = 0.1; // audio per binary message sent
+const BACKLOG_MARGIN_S = 2; // "as fast as possible": stay this far under the server's limit
 const MAX_BUFFERED_BYTES = 1 << 20; // "as fast as possible": wait while the socket holds more
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -102,12 +104,15 @@ function connect(sampleRate) {
     pendingAudio: null, // the "audio" message whose binary frame comes next
     stopping: false, // Stop pressed
     stopSent: false,
+    processedSeconds: 0, // source the server has stepped through (from "progress")
     release: [], // what to free when the stream ends (microphone, worklet)
   };
   session = s;
   return new Promise((resolve, reject) => {
     ws.onopen = () => {
-      const start = { type: "start", sample_rate: sampleRate, format: "f32le" };
+      // progress: one message per server step, so a fast file upload can keep its backlog
+      // under the server's limit (ready.max_buffer_seconds)
+      const start = { type: "start", sample_rate: sampleRate, format: "f32le", progress: true };
       ws.send(JSON.stringify({ ...start, chunk_ms: Number(ui.chunkMs.value) }));
     };
     ws.onmessage = (event) => {
@@ -150,6 +155,7 @@ function onMessage(s, msg) {
       showLatency(s, msg);
       break;
     case "progress":
+      s.processedSeconds = msg.time_s;
       break;
     case "done":
       es.final = msg;
@@ -344,6 +350,8 @@ async function streamFile(file) {
       const available = fast ? pcm.length : Math.min(pcm.length, Math.floor(elapsed));
       while (next < available && (available - next >= frame || available === pcm.length)) {
         if (fast && s.ws.bufferedAmount > MAX_BUFFERED_BYTES) break;
+        const ahead = next / c.sampleRate - s.processedSeconds; // seconds queued at the server
+        if (fast && ahead > es.ready.max_buffer_seconds - BACKLOG_MARGIN_S) break;
         sendPcm(s, pcm.subarray(next, Math.min(next + frame, pcm.length)));
         next += frame;
       }
