@@ -40,6 +40,14 @@ def _stack_values(values: list[Any]) -> Any:
     raise ValueError(f"cannot stack non-tensor state fields that differ: {values!r}")
 
 
+def _split_value(value: Any, n: int) -> list[Any]:
+    if isinstance(value, StreamState):
+        return value.unstack()
+    if isinstance(value, torch.Tensor):
+        return list(value.split(1, dim=0))
+    return [value] * n
+
+
 def _index_value(value: Any, index: torch.Tensor) -> Any:
     if isinstance(value, StreamState):
         return value.select(index)
@@ -71,8 +79,14 @@ class StreamState:
         )
 
     def unstack(self: S) -> list[S]:
-        """One state per stream (inverse of :meth:`stack` up to padding of growing fields)."""
-        return [self.select([b]) for b in range(self.batch_size)]
+        """One state per stream (inverse of :meth:`stack` up to padding of growing fields).
+
+        The per-stream tensors are views into this state's (one ``split`` per field instead of
+        an ``index_select`` per field and stream): states are never mutated, so sharing storage
+        is safe, and the next :meth:`stack` copies anyway."""
+        n = self.batch_size
+        columns = {f.name: _split_value(getattr(self, f.name), n) for f in dataclasses.fields(self)}
+        return [type(self)(**{k: v[b] for k, v in columns.items()}) for b in range(n)]
 
     @property
     def batch_size(self) -> int:

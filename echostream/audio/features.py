@@ -21,6 +21,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,19 @@ from echostream.config import FeatureConfig
 from echostream.state import StreamState
 
 INT16_SCALE = 32768.0
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool): fbank of many streams
+
+
+def _map_streams(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, spread over ``torch.get_num_threads()`` threads when there
+    are several streams and threads (kaldi-native-fbank runs without the GIL)."""
+    global _POOL
+    threads = torch.get_num_threads()
+    if threads < 2 or len(items) < 4:
+        return [fn(x) for x in items]
+    if _POOL is None or _POOL[0] != threads:
+        _POOL = (threads, ThreadPoolExecutor(threads, thread_name_prefix="fbank"))
+    return list(_POOL[1].map(fn, items))
 
 
 @dataclass(frozen=True)
@@ -112,8 +126,7 @@ class FbankExtractor:
         pcm = self._as_numpy(pcm)
         lens = [int(n) for n in pcm_len]
         self._check_batch(pcm, lens, batch_size=len(lens))
-        out = [self._compute(pcm[b, :n]) for b, n in enumerate(lens)]
-        return self._pad(out)
+        return self._pad(_map_streams(self._compute, [pcm[b, :n] for b, n in enumerate(lens)]))
 
     # ------------------------------------------------------------------ streaming
 
@@ -147,11 +160,10 @@ class FbankExtractor:
         residual = state.residual.numpy()
         new_residual = np.zeros_like(residual)
         new_residual_len = torch.zeros_like(state.residual_len)
-        out = []
-        for b, n in enumerate(lens):
-            buf = np.concatenate([residual[b, : int(state.residual_len[b])], pcm[b, :n]])
-            feats = self._compute(buf)
-            out.append(feats)
+        kept = state.residual_len.tolist()
+        bufs = [np.concatenate([residual[b, : kept[b]], pcm[b, :n]]) for b, n in enumerate(lens)]
+        out = _map_streams(self._compute, bufs)
+        for b, (buf, feats) in enumerate(zip(bufs, out, strict=True)):
             rest = buf[feats.shape[0] * self.frame_shift :]  # always < frame_length samples
             if not final:
                 new_residual[b, : rest.shape[0]] = rest

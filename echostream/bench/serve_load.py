@@ -125,7 +125,8 @@ class Server:
         cmd = [sys.executable, "-m", "echostream.serve.app", "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--model", args.model, "--threads", str(args.threads)]
         cmd += ["--chunk-ms", str(args.chunk_ms), "--log-level", "warning"]
-        cmd += ["--max-streams", str(args.clients + 64), *(extra or [])]
+        cmd += ["--max-streams", str(args.clients + 64), "--workers", str(args.workers)]
+        cmd += [*(extra or [])]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd)
         self.url = f"ws://127.0.0.1:{self.port}/ws/translate"
@@ -676,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distinct", type=int, default=8, help="distinct audio offsets (references)")
     p.add_argument("--stagger", type=float, default=1.0, help="clients start within N s")
     p.add_argument("--threads", type=int, default=1, help="torch threads (server and references)")
+    p.add_argument("--workers", type=int, default=1, help="server processes (`serve --workers`)")
     p.add_argument("--faults", action="store_true", help="the fault scenario instead of load")
     p.add_argument("--rounds", type=int, default=2, help="faults: repeat the storm N times")
     p.add_argument(

@@ -165,12 +165,20 @@ class Conv2dSubsampling(nn.Module):
         """
         k1 = self.kernel_size - 1
         b, c_in, n, freq = new.shape
-        buf = torch.cat([cache, _mask_time(new, new_len, dim=2)], dim=2)  # (B, C_in, k-1+N, F)
+        # Fast paths (exact): skip masks and gathers when every stream has the same shape of
+        # work — the usual case (one stream, or streams fed equal chunks) — as they are no-ops.
+        lengths = set(new_len.tolist())
+        ragged = lengths != {n}
+        buf = torch.cat([cache, _mask_time(new, new_len, dim=2) if ragged else new], dim=2)
         pos = torch.arange(k1 + n, device=buf.device)
         out_len = _half_length(seen + new_len) - _half_length(seen)  # (B,)
         # New cache: the last k-1 valid frames, positions new_len .. new_len + k-2.
-        idx = (new_len[:, None] + pos[None, :k1]).view(b, 1, k1, 1).expand(b, c_in, k1, freq)
-        new_cache = buf.gather(2, idx)
+        if len(lengths) == 1:
+            first = lengths.pop()
+            new_cache = buf[:, :, first : first + k1].clone()
+        else:
+            idx = (new_len[:, None] + pos[None, :k1]).view(b, 1, k1, 1).expand(b, c_in, k1, freq)
+            new_cache = buf.gather(2, idx)
         if n == 0:
             return (
                 buf.new_zeros(b, conv.out_channels, 0, (freq - self.kernel_size) // 2 + 1),
@@ -178,9 +186,15 @@ class Conv2dSubsampling(nn.Module):
                 new_cache,
             )
         # Shift odd-phase streams by one so every stream's first window starts at position 0.
-        shift = (pos[None, :] + seen[:, None] % 2).clamp_max(k1 + n - 1)  # (B, k-1+N)
-        buf = buf.gather(2, shift.view(b, 1, -1, 1).expand_as(buf))
+        phases = set((seen % 2).tolist())
+        if phases == {1}:  # what the gather below does when every shift is 1
+            buf = torch.cat([buf[:, :, 1:], buf[:, :, -1:]], dim=2)
+        elif phases != {0}:
+            shift = (pos[None, :] + seen[:, None] % 2).clamp_max(k1 + n - 1)  # (B, k-1+N)
+            buf = buf.gather(2, shift.view(b, 1, -1, 1).expand_as(buf))
         out = F.relu(conv(buf))  # (B, C, ceil(N/2), F')
+        if set(out_len.tolist()) == {out.shape[2]}:
+            return out, out_len, new_cache
         return _mask_time(out, out_len, dim=2), out_len, new_cache
 
     # ------------------------------------------------------------------ checks

@@ -316,8 +316,12 @@ class UnitVocoder(nn.Module):
         if unit_len is None:
             unit_len = torch.full((b,), units.shape[1], dtype=torch.long)
         outs, states = [], []
-        for i in range(b):
-            wav, st = self._stream_one(units[i, : int(unit_len[i])], state.select([i]), final)
+        for i, (one, n) in enumerate(zip(state.unstack(), unit_len.tolist(), strict=True)):
+            if n == 0 and not final:  # nothing new: no samples, same state (exact shortcut)
+                outs.append(units.new_zeros(0, dtype=torch.float32))
+                states.append(one)
+                continue
+            wav, st = self._stream_one(units[i, :n], one, final)
             outs.append(wav)
             states.append(st)
         wav_len = torch.tensor([w.shape[0] for w in outs], dtype=torch.long)
