@@ -59,12 +59,15 @@ eval-longform: setup
 		--streams 2 --out out/eval-longform
 
 # Load + faults benchmark of `echostream serve` (starts its own server on a free port). The
-# issue's full run is SERVE_CLIENTS=32 SERVE_SECONDS=30 (more than 2 shared cores can serve).
+# issue's full run is SERVE_CLIENTS=32 SERVE_SECONDS=30 SERVE_THREADS=2: it completes on 2 cores,
+# with the server saturated (docs/benchmarks/serve.md).
 SERVE_CLIENTS ?= 8
 SERVE_SECONDS ?= 10
+SERVE_THREADS ?= 1
 bench-serve: setup
 	mkdir -p work/serve-bench
-	$(VENV)/bin/echostream bench serve --clients $(SERVE_CLIENTS) --seconds $(SERVE_SECONDS) --json work/serve-bench/load.json
+	$(VENV)/bin/echostream bench serve --clients $(SERVE_CLIENTS) --seconds $(SERVE_SECONDS) \
+		--threads $(SERVE_THREADS) --json work/serve-bench/load.json
 	$(VENV)/bin/echostream bench serve --faults --seconds 20 --json work/serve-bench/faults.json
 
 # One hour of speech through the bundled model, faster than real time: state and cost per minute.

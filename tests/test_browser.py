@@ -108,7 +108,8 @@ def server(model):
     recorder = Recorder()
     with pytest.MonkeyPatch.context() as mp:
         recorder.install(mp)
-        app = create_app(*model, ServeConfig(chunk_ms=CHUNK_MS), model_name="busy-tiny")
+        recorder.config = ServeConfig(chunk_ms=CHUNK_MS)  # read at run time by the handlers
+        app = create_app(*model, recorder.config, model_name="busy-tiny")
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         config = uvicorn.Config(app, log_level="warning", ws_per_message_deflate=False)
@@ -361,6 +362,31 @@ def test_file_upload_streams_over_the_websocket(browser, server, model, fast):
     assert abs(len(received) - len(source)) <= 2
     blocks = match(received, source)
     assert (blocks[:, 0] > 0.99).all() and (abs(blocks[:, 1] - 1) < 0.01).all(), blocks
+
+
+def test_fast_upload_of_a_file_longer_than_the_servers_backlog_limit(
+    browser, server, model, tmp_path
+):
+    """"As fast as possible" paces on the server's progress messages: a file four times longer
+    than the server's back-pressure limit streams through without `overloaded`."""
+    page, (_, recorder) = browser, server
+    source = np.tile(sample_16k(), 4)  # 13.9 s
+    path = tmp_path / "long.wav"
+    sf.write(path, source, 16000, subtype="PCM_16")
+    limit, recorder.config.max_buffer_seconds = recorder.config.max_buffer_seconds, 3.0
+    try:
+        page.evaluate("document.getElementById('fast').checked = true")
+        document = page.call("DOM.getDocument")
+        node = page.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file")
+        started = page.new_stream()
+        page.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(path)])
+        page.wait_for(f"{started} && (echostream.done || echostream.error !== null)")
+        assert page.state()["ready"]["max_buffer_seconds"] == 3.0
+        state, received = check_page_against_server(page, model, recorder.only_stream())
+    finally:
+        recorder.config.max_buffer_seconds = limit
+    assert state["source"] == "file" and len(source) / 16000 > 4 * 3.0
+    assert abs(len(received) - len(source)) <= 2
 
 
 def test_server_error_is_shown_and_the_page_recovers(browser, server):
