@@ -367,7 +367,7 @@ def test_file_upload_streams_over_the_websocket(browser, server, model, fast):
 def test_fast_upload_of_a_file_longer_than_the_servers_backlog_limit(
     browser, server, model, tmp_path
 ):
-    """"As fast as possible" paces on the server's progress messages: a file four times longer
+    """ "As fast as possible" paces on the server's progress messages: a file four times longer
     than the server's back-pressure limit streams through without `overloaded`."""
     page, (_, recorder) = browser, server
     source = np.tile(sample_16k(), 4)  # 13.9 s
