@@ -53,10 +53,15 @@ forward takes 177 MiB and 1.6 GiB at 60 s.)
 ``stream`` keeps a fixed-size :class:`EmformerState` per stream: per-layer left-context keys and
 values, per-layer memory *keys and values* (each memory vector is projected once, when it is
 produced, instead of at every later segment), per-layer convolution caches, and a pending-input
-buffer of ``L + R`` frames. Each step processes one segment for every stream that has a
-complete segment plus its ``R`` right-context frames (or, with ``final=True``, whatever is
-left); other streams are masked and keep their state. Outputs equal ``forward``'s, including a
-partial last segment.
+buffer of ``L + R`` frames. A call processes every segment that its input completes — a
+segment is complete with its ``R`` right-context frames (or, with ``final=True``, whatever is
+left) — all of them at once, layer by layer, with the same layer code as ``forward``: the
+caches take the place of the zero padding before the first segment, and the new caches are
+the windows ending at each stream's last segment. Segments a stream does not complete in this
+call are computed and discarded (a segment never affects earlier ones); streams with nothing
+to do keep their state. Outputs equal ``forward``'s, including a partial last segment. Several
+segments per call (decision chunks of 320 ms and more) share each read of the weights, which
+is what a small matmul on a CPU waits for.
 """
 
 from __future__ import annotations
@@ -204,7 +209,7 @@ class _EmformerLayer(nn.Module):
         h = F.linear(self.dropout(h) if dropout else h, self.ffn_out.weight, self.ffn_out.bias)
         return self.dropout(h) if dropout else h
 
-    # ------------------------------------------------------------------ parallel
+    # ------------------------------------------------------------------ segments in parallel
 
     def forward(
         self,
@@ -213,103 +218,83 @@ class _EmformerLayer(nn.Module):
         seg_weight: torch.Tensor,
         mask: torch.Tensor,
         summary: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """All segments at once.
+        cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """N consecutive segments of every stream at once (memory never depends on the same
+        layer's output, so nothing in a layer is sequential across segments).
 
         z: (B, N, P, D) segment frames then right-context frames of each segment;
         memory: (B, N, D) this layer's memory vector of each segment, or None (M = 0);
         seg_weight: (B, N, L) weights of the masked mean over a segment's valid frames;
-        mask: (B·N, 1, P + summary, M + C + P); summary: whether to compute summary queries.
-        Returns z (B, N, P, D) and the next layer's memory (B, N, D) or None.
+        mask: (B·N, 1, P + summary, M + C + P); summary: whether to compute summary queries;
+        cache: what precedes segment 0 — (left_kv (B, C, 2D), memory_kv (B, M, 2D), conv
+        (B, k-1, D)) when streaming, None (zeros, masked) for a whole sequence.
+        Returns z (B, N, P, D), the next layer's memory (B, N, D) or None, and the extended
+        caches (left_kv (B, C + N·L, 2D), memory_kv (B, M + N, 2D), conv (B, k-1 + N·L, D)):
+        the caches after segment i are their windows ending at segment i (``Emformer.stream``).
+        Dropout only in training and without a cache.
         """
         b, n, p, d = z.shape
         seg, ctx, mem = self.segment_length, self.left_context_length, self.memory_size
-        q, k, v = F.linear(
-            self._norm(self.attn_norm, z), self.in_proj.weight, self.in_proj.bias
-        ).split(d, dim=-1)  # (B, N, P, D) each
+        drop = self.training and cache is None
+        rows = self._norm(self.attn_norm, z).reshape(b, n * p, d)
+        if memory is not None:  # the memory vectors' keys/values come from the same matmul
+            rows = torch.cat([rows, memory], dim=1)  # (B, N·P + N, D)
+        qkv = F.linear(rows, self.in_proj.weight, self.in_proj.bias)
+        q, kv = qkv[:, : n * p].view(b, n, p, 3 * d).split([d, 2 * d], dim=-1)  # (B,N,P,D|2D)
         if summary:  # query of the mean of the normed frames = mean of their queries
-            s_q = torch.einsum("bnl,bnld->bnd", seg_weight, q[:, :, :seg])
-            q = torch.cat([q, s_q.unsqueeze(2)], dim=2)  # (B, N, P + 1, D)
+            s_q = seg_weight.unsqueeze(2) @ q[:, :, :seg]  # (B, N, 1, D)
+            q = torch.cat([q, s_q], dim=2)  # (B, N, P + 1, D)
+        # main-stream keys/values after the left context: (B, C + N·L, 2D); windows of C + L
+        main = kv[:, :, :seg].reshape(b, n * seg, 2 * d)
+        left_kv = F.pad(main, (0, 0, ctx, 0)) if cache is None else torch.cat([cache[0], main], 1)
+        memory_kv = left_kv.new_zeros(b, mem, 2 * d) if cache is None else cache[1]
+        if memory is not None:  # memory of segment i: vectors of segments i - M .. i - 1
+            memory_kv = torch.cat([memory_kv, qkv[:, n * p :, d:]], dim=1)  # (B, M + N, 2D)
 
-        def windows(x: torch.Tensor) -> torch.Tensor:
-            """Main-stream keys (B, N, P, D) → [left context; segment] (B, N, C + L, D)."""
-            main = x[:, :, :seg].reshape(b, n * seg, d)
-            return F.pad(main, (0, 0, ctx, 0)).unfold(1, ctx + seg, seg).transpose(2, 3)
+        def keys_of(half: slice) -> torch.Tensor:
+            """Keys (or values) of every segment: (B·N, M + C + P, D), windows unfolded."""
+            parts = [left_kv[..., half].unfold(1, ctx + seg, seg)[:, :n], kv[:, :, seg:, half]]
+            parts[0] = parts[0].transpose(2, 3)
+            if memory is not None:
+                parts.insert(0, memory_kv[..., half].unfold(1, mem, 1)[:, :n].transpose(2, 3))
+            return torch.cat(parts, dim=2).reshape(b * n, -1, d)
 
-        keys, values = [windows(k), k[:, :, seg:]], [windows(v), v[:, :, seg:]]
-        if memory is not None:
-            mk, mv = F.linear(memory, self.in_proj.weight[d:], self.in_proj.bias[d:]).split(d, -1)
-            # memory of segment i: vectors of segments i - M .. i - 1  → (B, N, M, D)
-            keys.insert(0, F.pad(mk, (0, 0, mem, 0)).unfold(1, mem, 1)[:, :n].transpose(2, 3))
-            values.insert(0, F.pad(mv, (0, 0, mem, 0)).unfold(1, mem, 1)[:, :n].transpose(2, 3))
-        k = torch.cat(keys, dim=2).reshape(b * n, -1, d)  # (B·N, M + C + P, D)
-        v = torch.cat(values, dim=2).reshape(b * n, -1, d)
-        dropout = self.attention_dropout if self.training else 0.0
+        if n == 1:  # one segment (streaming in 160 ms chunks): the windows are the caches
+            parts = [memory_kv[:, :mem]] if memory is not None else []
+            k, v = torch.cat([*parts, left_kv, kv[:, 0, seg:]], dim=1).split(d, dim=-1)
+        else:
+            k, v = keys_of(slice(0, d)), keys_of(slice(d, 2 * d))
+        dropout = self.attention_dropout if drop else 0.0
         out = self._attend(q.reshape(b * n, -1, d), k, v, mask, dropout).view(b, n, -1, d)
-        z = z + self.dropout(out[:, :, :p])
+        z = z + (self.dropout(out[:, :, :p]) if drop else out[:, :, :p])
         next_memory = out[:, :, p].clamp(-self.memory_clamp, self.memory_clamp) if summary else None
+        conv = z.new_zeros(b, 0, d) if cache is None else cache[2]
         if self.conv is not None:
-            z = z + self._conv_parallel(z)
-        return z + self._ffn(z), next_memory
+            y, conv = self._conv_parallel(z, None if cache is None else cache[2], drop)
+            z = z + y
+        return z + self._ffn(z, dropout=drop), next_memory, (left_kv, memory_kv, conv)
 
-    def _conv_parallel(self, z: torch.Tensor) -> torch.Tensor:
-        """Conv module over the main stream; right context continues its segment. (B, N, P, D)."""
+    def _conv_parallel(
+        self, z: torch.Tensor, cache: torch.Tensor | None, dropout: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv module over the main stream (after ``cache`` (B, k-1, D) or zeros); the right
+        context continues its segment. z (B, N, P, D) → (B, N, P, D) and the conv inputs
+        (B, k-1 + N·L, D)."""
         assert self.conv is not None
         b, n, p, d = z.shape
         seg, k1 = self.segment_length, self.conv.kernel_size - 1
         u = self.conv.glu(z)
-        u_main = F.pad(u[:, :, :seg].reshape(b, n * seg, d), (0, 0, k1, 0))  # (B, k-1+N·L, D)
-        y_main = self.conv.conv_valid(u_main).view(b, n, seg, d)
+        u_main = u[:, :, :seg].reshape(b, n * seg, d)
+        u_main = F.pad(u_main, (0, 0, k1, 0)) if cache is None else torch.cat([cache, u_main], 1)
+        y_main = self.conv.conv_valid(u_main).view(b, n, seg, d)  # (B, N, L, D)
         if p == seg:
-            return self.conv.tail(y_main)
+            return self.conv.tail(y_main, dropout), u_main
         # the k - 1 main-stream inputs before frame (i + 1)L, then segment i's right context
         before = u_main[:, seg:].unfold(1, k1, seg).transpose(2, 3) if k1 else u[:, :, :0]
         u_right = torch.cat([before, u[:, :, seg:]], dim=2).reshape(b * n, k1 + p - seg, d)
         y_right = self.conv.conv_valid(u_right).view(b, n, p - seg, d)
-        return self.conv.tail(torch.cat([y_main, y_right], dim=2))
-
-    # ------------------------------------------------------------------ streaming
-
-    def step(
-        self,
-        z: torch.Tensor,
-        memory: torch.Tensor | None,
-        seg_weight: torch.Tensor,
-        mask: torch.Tensor,
-        summary: bool,
-        left_kv: torch.Tensor,
-        memory_kv: torch.Tensor,
-        conv_cache: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One segment of every stream (no dropout).
-
-        z: (B, P, D); memory: (B, 1, D) this layer's memory vector of the current segment (to
-        be cached for later segments) or None; seg_weight: (B, 1, L); mask: (B, 1, P +
-        summary, M + C + P); left_kv (B, C, 2D), memory_kv (B, M, 2D), conv_cache (B, k-1, D).
-        Returns z, the next layer's memory vector (B, 1, D) or None, and what to append to
-        the caches: segment keys/values (B, L, 2D), memory key/value (B, 1 or 0, 2D), conv
-        inputs (B, L or 0, D).
-        """
-        d = z.shape[-1]
-        seg, p = self.segment_length, z.shape[1]
-        zn = self._norm(self.attn_norm, z)
-        rows = zn if memory is None else torch.cat([zn, memory], dim=1)
-        qkv = F.linear(rows, self.in_proj.weight, self.in_proj.bias)  # (B, P [+ 1], 3D)
-        q = qkv[:, :p, :d]
-        if summary:
-            q = torch.cat([q, torch.bmm(seg_weight, q[:, :seg])], dim=1)
-        kv = torch.cat([memory_kv, left_kv, qkv[:, :p, d:]], dim=1)  # (B, M + C + P, 2D)
-        out = self._attend(q, kv[..., :d], kv[..., d:], mask)
-        z = z + out[:, :p]
-        next_memory = out[:, p:].clamp(-self.memory_clamp, self.memory_clamp) if summary else None
-        conv_new = conv_cache[:, :0]
-        if self.conv is not None:
-            u = self.conv.glu(z)
-            y = self.conv.conv_valid(torch.cat([conv_cache, u], dim=1))
-            z = z + self.conv.tail(y, dropout=False)
-            conv_new = u[:, :seg]
-        z = z + self._ffn(z, dropout=False)
-        return z, next_memory, qkv[:, :seg, d:], qkv[:, p:, d:], conv_new
+        return self.conv.tail(torch.cat([y_main, y_right], dim=2), dropout), u_main
 
 
 class Emformer(nn.Module):
@@ -385,7 +370,7 @@ class Emformer(nn.Module):
 
         for layer, summary in zip(self.layers, self._summary_layers(), strict=True):
             rows = mask if summary else mask[:, :, : seg + right]
-            z, memory = layer(z, memory, seg_weight, rows, summary)
+            z, memory, _ = layer(z, memory, seg_weight, rows, summary)
         y = self.final_norm(z[:, :, :seg]).reshape(b, n * seg, d)[:, :t]
         return y.masked_fill(~valid[:, :t, None], 0.0), x_len
 
@@ -468,73 +453,56 @@ class Emformer(nn.Module):
         buf = joined.gather(1, src.clamp(max=width - 1)[..., None].expand(b, width, d))
         buf = buf.masked_fill((pos >= have[:, None])[..., None], 0.0)
 
-        left_kv, memory_kv, conv_cache = state.left_kv, state.memory_kv, state.conv_cache
+        # every segment this call completes, all streams at once: z (B, N, P, D), N = num_steps
+        n = num_steps
         frames_done, segments_done = state.frames_done, state.segments_done
-        summaries = self._summary_layers()
-        ar_seg, ar_right = torch.arange(seg, device=dev), torch.arange(right, device=dev)
-        ar_ctx, ar_mem = torch.arange(ctx, device=dev), torch.arange(mem, device=dev)
-        outputs = []
-        for k in range(num_steps):
-            active = k < steps  # (B,)
-            block = buf[:, k * seg : k * seg + p]  # (B, P, D): segment then right context
-            seg_count = (have - k * seg).clamp(0, seg)
-            right_count = (have - k * seg - seg).clamp(0, right)
-            seg_valid = ar_seg < seg_count[:, None]  # (B, L)
-            key_valid = torch.cat(
-                [
-                    ar_mem >= (mem - segments_done.clamp(max=mem))[:, None],
-                    ar_ctx >= (ctx - frames_done.clamp(max=ctx))[:, None],
-                    seg_valid,
-                    ar_right < right_count[:, None],
-                ],
-                dim=1,
-            )  # (B, M + C + P)
-            mask = _attention_mask(key_valid, p, mem, buf.dtype)  # (B, 1, P + 1, M + C + P)
-            seg_weight = (seg_valid / seg_count.clamp(min=1)[:, None]).to(buf.dtype)[:, None]
-            memory = torch.bmm(seg_weight, block[:, :seg]) if mem else None  # (B, 1, D)
+        k_idx = torch.arange(n, device=dev)
+        right_pos = (k_idx[:, None] + 1) * seg + torch.arange(right, device=dev)  # (N, R)
+        z = torch.cat([buf[:, : n * seg].view(b, n, seg, d), buf[:, right_pos]], dim=2)
+        seg_count = (have[:, None] - k_idx * seg).clamp(0, seg)  # (B, N)
+        right_count = (have[:, None] - k_idx * seg - seg).clamp(0, right)
+        seg_valid = torch.arange(seg, device=dev) < seg_count[..., None]  # (B, N, L)
+        seg_weight = (seg_valid / seg_count.clamp(min=1)[..., None]).to(buf.dtype)
+        memory = (seg_weight.unsqueeze(2) @ z[:, :, :seg]).squeeze(2) if mem else None  # (B,N,D)
+        # key validity per segment: [memory (M); left context (C); segment (L); right (R)]
+        seg_before = (segments_done[:, None] + k_idx)[..., None]  # (B, N, 1)
+        frame_before = (frames_done[:, None] + k_idx * seg)[..., None]
+        key_valid = torch.cat(
+            [
+                seg_before - mem + torch.arange(mem, device=dev) >= 0,
+                frame_before - ctx + torch.arange(ctx, device=dev) >= 0,
+                seg_valid,
+                torch.arange(right, device=dev) < right_count[..., None],
+            ],
+            dim=2,
+        )  # (B, N, M + C + P)
+        mask = _attention_mask(key_valid, p, mem, buf.dtype).flatten(0, 1)  # (B·N,1,P+1,K)
 
-            z = block
-            new_kv, new_mem, new_conv = [], [], []
-            caches = zip(left_kv.unbind(1), memory_kv.unbind(1), conv_cache.unbind(1), strict=True)
-            for layer, summary, (lkv, mkv, conv) in zip(
-                self.layers, summaries, caches, strict=True
-            ):
-                z, memory, kv, mem_kv, conv_in = layer.step(
-                    z,
-                    memory,
-                    seg_weight,
-                    mask if summary else mask[:, :, :p],
-                    summary,
-                    lkv,
-                    mkv,
-                    conv,
-                )
-                new_kv.append(kv)
-                new_mem.append(mem_kv)
-                new_conv.append(conv_in)
-            outputs.append(self.final_norm(z[:, :seg]))
-
-            old = (left_kv, memory_kv, conv_cache)
-            new = tuple(
-                _shift(c, torch.stack(n, dim=1))
-                for c, n in zip(old, (new_kv, new_mem, new_conv), strict=True)
+        caches = zip(
+            state.left_kv.unbind(1), state.memory_kv.unbind(1), state.conv_cache.unbind(1),
+            strict=True,
+        )  # fmt: skip
+        extended: list[tuple[torch.Tensor, ...]] = []
+        layers = self.layers if n else []  # no complete segment: caches unchanged
+        for layer, summary, cache in zip(layers, self._summary_layers(), caches, strict=False):
+            rows = mask if summary else mask[:, :, :p]
+            z, memory, layer_caches = layer(z, memory, seg_weight, rows, summary, cache)
+            extended.append(layer_caches)
+        if extended:  # stream b's caches after its last segment: windows ending at steps[b]
+            per_cache = [torch.stack(c, dim=1) for c in zip(*extended, strict=True)]
+            left_kv, memory_kv, conv_cache = (
+                _window(per_cache[0], steps * seg, ctx, steps_list),  # (B, layers, C, 2D)
+                _window(per_cache[1], steps, mem, steps_list),  # (B, layers, M, 2D)
+                _window(per_cache[2], steps * seg, max(cfg.conv_kernel_size - 1, 0), steps_list),
             )
-            if not all(k < s for s in steps_list):  # inactive streams keep their caches
-                new = tuple(
-                    torch.where(active[:, None, None, None], n, o)
-                    for n, o in zip(new, old, strict=True)
-                )
-            left_kv, memory_kv, conv_cache = new
-            frames_done = frames_done + torch.where(active, seg_count, 0)
-            segments_done = segments_done + active.long()
+        else:
+            left_kv, memory_kv, conv_cache = state.left_kv, state.memory_kv, state.conv_cache
 
         y_len = torch.minimum(steps * seg, have)
-        if outputs:
-            y = torch.cat(outputs, dim=1)  # (B, steps·L, D)
-            beyond = torch.arange(y.shape[1], device=dev) >= y_len[:, None]
-            y = y.masked_fill(beyond[..., None], 0.0)
-        else:
-            y = x.new_zeros(b, 0, d)
+        y = self.final_norm(z[:, :, :seg]).reshape(b, n * seg, d)  # (B, N·L, D)
+        y = y.masked_fill((torch.arange(n * seg, device=dev) >= y_len[:, None])[..., None], 0.0)
+        frames_done = frames_done + torch.where(k_idx < steps[:, None], seg_count, 0).sum(1)
+        segments_done = segments_done + steps
 
         used = torch.where(final_t, have, steps * seg)
         pending_len = have - used
@@ -555,9 +523,12 @@ class Emformer(nn.Module):
         return y, y_len, new_state
 
 
-def _shift(cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Append ``new`` (B, layers, n, ·) to a fixed-size cache (B, layers, S, ·), keep the last S."""
-    size = cache.shape[2]
-    if size == 0:
-        return cache
-    return torch.cat([cache, new], dim=2)[:, :, -size:]
+def _window(x: torch.Tensor, start: torch.Tensor, size: int, starts: list[int]) -> torch.Tensor:
+    """Rows ``start[b] .. start[b] + size`` (dim 2) of each stream: x (B, layers, T, ·), start
+    (B,) → (B, layers, size, ·). A slice when every stream starts at the same row (the usual
+    case: ``starts``, the steps per stream, all equal), else a gather."""
+    if len(set(starts)) <= 1:
+        first = int(start[0]) if len(starts) else 0
+        return x[:, :, first : first + size].clone()  # not a view: hold only the window
+    idx = start[:, None] + torch.arange(size, device=x.device)  # (B, size)
+    return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1]))
