@@ -110,13 +110,12 @@ def word_start_table(model: EchoStreamModel) -> Tensor:
     return torch.tensor([tok.sp.id_to_piece(i).startswith("▁") for i in range(tok.vocab_size)])
 
 
-class IncrementalCore:
-    """Batched incremental simultaneous translation with StreamSpeech's policy.
-
-    ``whole_word``: only commit whole target words before the end of the source (StreamSpeech
-    does this for large chunks); needs the model's target tokenizer. ``max_len_a/b``: at most
-    ``a·frames + b`` target tokens per segment (runaway guard, as offline decoding).
-    ``segmenter``: when to close a sentence on a long stream (default
+class AgentCore:
+    """What both agents share: the model and vocoder (in eval mode), the policy's options and the
+    sentence rules. ``whole_word``: only commit whole target words before the end of the source
+    (StreamSpeech does this for large chunks); needs the model's target tokenizer.
+    ``max_len_a/b``: at most ``a·frames + b`` target tokens per segment (runaway guard, as
+    offline decoding). ``segmenter``: when to close a sentence on a long stream (default
     :class:`SegmenterConfig()`; ``None``: one segment per stream, the state grows with it).
     """
 
@@ -134,9 +133,14 @@ class IncrementalCore:
         self.whole_word = whole_word
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
         self.sample_rate = model.cfg.features.sample_rate
-        self._word_start = word_start_table(model) if whole_word else None
+        self.word_start = word_start_table(model) if whole_word else None  # (V,) bool
         self.segmenter = segmenter
         self.rules = SegmentRules.build(segmenter, model.cfg)
+
+
+class IncrementalCore(AgentCore):
+    """Batched incremental simultaneous translation with StreamSpeech's policy (options: see
+    :class:`AgentCore`)."""
 
     # ------------------------------------------------------------------ state
 
@@ -406,7 +410,7 @@ class IncrementalCore:
 
     def _whole_words(self, tokens: Tensor, counts: Tensor) -> Tensor:
         """Keep the tokens before the last word-initial one (StreamSpeech's whole-word rule)."""
-        starts = self._word_start.to(tokens.device)[tokens]  # (B, N)
+        starts = self.word_start.to(tokens.device)[tokens]  # (B, N)
         idx = torch.arange(tokens.shape[1], device=tokens.device)
         starts &= idx < counts.unsqueeze(1)
         last_start = torch.where(starts, idx, torch.full_like(idx, -1)).amax(1)

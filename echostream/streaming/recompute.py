@@ -27,13 +27,12 @@ import torch
 from torch import Tensor
 
 from ..models.ctc import greedy_ctc, trailing_blanks
-from ..models.echostream import TEXT_CTC_SUPPRESS, EchoStreamModel
+from ..models.echostream import TEXT_CTC_SUPPRESS
 from ..models.emformer import Emformer
 from ..models.subsampling import output_length
-from ..models.unit_vocoder import UnitVocoder
 from ..text.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from .core import StepOutput, word_start_table
-from .segmenter import SegmenterConfig, SegmentRules, close_segment
+from .core import AgentCore, StepOutput
+from .segmenter import close_segment
 
 
 @dataclass
@@ -62,25 +61,9 @@ class RecomputeState:
         )
 
 
-class RecomputeCore:
-    """Same interface as :class:`IncrementalCore` (``init_state`` / ``step``) for one stream."""
-
-    def __init__(
-        self,
-        model: EchoStreamModel,
-        vocoder: UnitVocoder | None = None,
-        whole_word: bool = False,
-        max_len_a: float = 0.5,
-        max_len_b: int = 10,
-        segmenter: SegmenterConfig | None = SegmenterConfig(),  # noqa: B008 - frozen values
-    ):
-        self.model = model.eval()
-        self.vocoder = vocoder.eval() if vocoder is not None else None
-        self.whole_word = whole_word
-        self.max_len_a, self.max_len_b = max_len_a, max_len_b
-        self.rules = SegmentRules.build(segmenter, model.cfg)
-        if whole_word:
-            self._is_word_start = word_start_table(model).tolist()
+class RecomputeCore(AgentCore):
+    """Same interface as :class:`IncrementalCore` (``init_state`` / ``step``) for one stream;
+    same options (:class:`~echostream.streaming.core.AgentCore`)."""
 
     def init_state(self, batch_size: int = 1) -> RecomputeState:
         if batch_size != 1:
@@ -218,7 +201,8 @@ class RecomputeCore:
                 break
             tokens.append(nxt)
         if self.whole_word and not closing:
-            starts = [j for j, t in enumerate(tokens) if self._is_word_start[t]]
+            is_start = self.word_start[tokens].tolist()  # (N,) bool
+            starts = [j for j, start in enumerate(is_start) if start]
             tokens = tokens[: starts[-1]] if starts else []
             positions = len(tokens)
         return tokens, positions, False
