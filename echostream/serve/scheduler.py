@@ -69,11 +69,7 @@ class ServedStream(StreamingTranslator):
         progress: bool = False,
         keep_audio: bool = False,
     ):
-        # StreamingTranslator.__init__ with the shared core (see the module docstring)
-        self.core, self.model, self.mode = core, core.model, "incremental"
-        self.chunk_ms, self.sample_rate = chunk_ms, core.sample_rate
-        self.chunk_samples = round(self.sample_rate * chunk_ms / 1000)
-        self.reset()
+        self._attach(core, chunk_ms)  # StreamingTranslator's set-up with the shared core
         self.stream_id, self.input_rate, self.input_format = stream_id, input_rate, input_format
         self.outbox, self.max_seconds, self.progress = outbox, max_seconds, progress
         self.keep_audio = keep_audio
@@ -122,22 +118,12 @@ class ServedStream(StreamingTranslator):
         ``None`` if nothing is due. The same chunks as StreamingTranslator.push/finish."""
         if self.closed or self.finished:
             return None
-        if len(self._buffer) >= self.chunk_samples:
-            chunk, self._buffer = (
-                self._buffer[: self.chunk_samples],
-                self._buffer[self.chunk_samples :],
-            )
+        if (chunk := self._next_chunk()) is not None:
             return chunk, False, self.ready_at.popleft()
         if not self.stopping:
             return None
-        tail = self._buffer
-        if self._resampler is not None:
-            tail = np.concatenate(
-                [tail, self._resampler.process(np.zeros(0, np.float32), last=True)]
-            )
-        self._buffer = np.zeros(0, np.float32)
         self.finished = True  # the final step is taken; nothing is stepped after it
-        return tail, True, self.stop_at
+        return self._tail(), True, self.stop_at
 
     # ------------------------------------------------------------------ output (event loop)
 
@@ -146,12 +132,7 @@ class ServedStream(StreamingTranslator):
     ) -> list[Event]:
         """Book one step's output (as StreamingTranslator._step after its core.step)."""
         self.state = state
-        self.compute_s += compute_ms / 1000
-        self.samples_in += num_samples
-        self.step_times.append((self.samples_in / self.sample_rate, compute_ms))
-        events = self._events(out, self.samples_in / self.sample_rate, compute_ms)
-        self.events += events
-        return events
+        return self._book(out, num_samples, compute_ms)
 
     def compact(self, events: list[Event]) -> None:
         """After ``events`` were sent (unless ``keep_audio``): drop their output samples (the

@@ -111,9 +111,15 @@ class StreamingTranslator:
         if whole_word and model.tgt_tokenizer is None:
             whole_word = False  # needs word boundaries from the target tokenizer
         core_cls = IncrementalCore if mode == "incremental" else RecomputeCore
-        self.core = core_cls(model, vocoder, whole_word, max_len_a, max_len_b, segmenter)
-        self.model, self.mode, self.chunk_ms, self.history = model, mode, chunk_ms, history
-        self.sample_rate = model.cfg.features.sample_rate
+        self.history = history
+        core = core_cls(model, vocoder, whole_word, max_len_a, max_len_b, segmenter)
+        self._attach(core, chunk_ms)
+
+    def _attach(self, core: IncrementalCore | RecomputeCore, chunk_ms: int) -> None:
+        """Run on ``core`` (the server shares one among its streams) in ``chunk_ms`` steps."""
+        self.core, self.model = core, core.model
+        self.mode = "incremental" if isinstance(core, IncrementalCore) else "recompute"
+        self.chunk_ms, self.sample_rate = chunk_ms, core.sample_rate
         self.chunk_samples = round(self.sample_rate * chunk_ms / 1000)
         self.reset()
 
@@ -148,11 +154,7 @@ class StreamingTranslator:
         pcm = self._to_16k(pcm, sample_rate or self.sample_rate, last=False)
         self._buffer = np.concatenate([self._buffer, pcm])
         events: list[Event] = []
-        while len(self._buffer) >= self.chunk_samples:
-            chunk, self._buffer = (
-                self._buffer[: self.chunk_samples],
-                self._buffer[self.chunk_samples :],
-            )
+        while (chunk := self._next_chunk()) is not None:
             events += self._step(chunk, final=False)
         return events
 
@@ -160,15 +162,26 @@ class StreamingTranslator:
         """End of source: flush every stage (decode to EOS, vocode the rest)."""
         if self.finished:
             return []
+        events = self._step(self._tail(), final=True)
+        self.finished = True
+        return events
+
+    def _next_chunk(self) -> np.ndarray | None:
+        """The next complete decision chunk of the 16 kHz buffer (taken out of it), or None."""
+        if len(self._buffer) < self.chunk_samples:
+            return None
+        chunk, self._buffer = self._buffer[: self.chunk_samples], self._buffer[self.chunk_samples :]
+        return chunk
+
+    def _tail(self) -> np.ndarray:
+        """Everything left at the end of the source, the resampler's last samples included."""
         tail = self._buffer
         if self._resampler is not None:
             tail = np.concatenate(
                 [tail, self._resampler.process(np.zeros(0, np.float32), last=True)]
             )
         self._buffer = np.zeros(0, dtype=np.float32)
-        events = self._step(tail, final=True)
-        self.finished = True
-        return events
+        return tail
 
     def _to_16k(self, pcm: np.ndarray, rate: int, last: bool) -> np.ndarray:
         pcm = (
@@ -194,12 +207,16 @@ class StreamingTranslator:
         outputs, self.state = self.core.step(
             pcm, torch.tensor([pcm.shape[1]]), self.state, final=final
         )
-        compute_ms = (time.perf_counter() - t0) * 1000
+        return self._book(outputs[0], pcm.shape[1], (time.perf_counter() - t0) * 1000)
+
+    def _book(self, out: StepOutput, num_samples: int, compute_ms: float) -> list[Event]:
+        """Account one step of ``num_samples`` source samples: times, events (kept with
+        ``history``). ``self.state`` is already the state after the step."""
         self.compute_s += compute_ms / 1000
-        self.samples_in += pcm.shape[1]
+        self.samples_in += num_samples
         if self.history:
             self.step_times.append((self.samples_in / self.sample_rate, compute_ms))
-        events = self._events(outputs[0], self.samples_in / self.sample_rate, compute_ms)
+        events = self._events(out, self.samples_in / self.sample_rate, compute_ms)
         if self.history:
             self.events += events
         return events
