@@ -11,7 +11,9 @@
    is not installed), ``simulstream_stats`` (real-time factor, normalised erasure) — and with
    OmniSTEval (``omnisteval longform``: its own re-segmentation, BLEU, chrF, LongYAAL and the
    Long- variants of AL/LAAL/AP/DAL, computation-unaware and -aware).
-4. Writes ``results.json`` (every number, command, runtime and tool version) and ``results.md``.
+4. Plots each system's per-call computation time against the position in the stream, from
+   the metrics logs (``compute_vs_position.png``; redrawn from the kept logs by ``--reuse-logs``).
+5. Writes ``results.json`` (every number, command, runtime and tool version) and ``results.md``.
 
 References: by default the normalised ones (``{split}.norm.en``: lower-case, no punctuation),
 because that is what the model writes; ``--raw-reference`` scores against the corpus text.
@@ -29,6 +31,7 @@ import importlib.metadata
 import json
 import math
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -169,6 +172,8 @@ def evaluate_system(name: str, label: str, processor: dict, data: Path, split: s
         earlier = earlier or {}  # keep the earlier run's inference command and time
         record["commands"]["inference"] = earlier.get("commands", {}).get("inference", "(reused)")
         record["runtime_s"]["inference"] = earlier.get("runtime_s", {}).get("inference")
+    else:
+        log.unlink(missing_ok=True)  # simulstream's logger appends to an existing file
     for step, argv, parse in steps:
         try:
             stdout, stderr = _run(step, argv, folder, record)
@@ -183,6 +188,111 @@ def evaluate_system(name: str, label: str, processor: dict, data: Path, split: s
             if step == "inference":
                 break  # nothing to score
     return record
+
+
+# ----------------------------------------------------------------------- compute vs position
+
+PLOT_FILE = "compute_vs_position.png"
+
+
+def read_compute_log(path: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """A simulstream metrics log → {recording stem: (audio processed s, computation ms)}, one
+    point per ``process_chunk``/``end_of_stream`` call in log order.
+
+    The log's lines are ``{"model_loading_time"}``, per stream ``{"id", "metadata":
+    {"wav_name"}}``, then per call ``{"id", "total_audio_processed", "computation_time",
+    "generated_tokens", "deleted_tokens"}`` (seconds)."""
+    names: dict[int, str] = {}
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        if "metadata" in entry:
+            names[entry["id"]] = Path(entry["metadata"]["wav_name"]).stem
+        elif "computation_time" in entry:
+            if entry["id"] not in names:
+                raise ValueError(f"{path}:{number}: stream id {entry['id']} has no metadata line")
+            xs, ys = series.setdefault(names[entry["id"]], ([], []))
+            xs.append(float(entry["total_audio_processed"]))
+            ys.append(1000.0 * float(entry["computation_time"]))
+    return series
+
+
+def plot_compute_vs_position(logs: dict[str, Path], png: Path, title: str = "") -> dict:
+    """Per-call computation time (ms, y) against audio processed (s, x) for each system's
+    simulstream metrics log, all on one axes: colour = system, marker = recording (all
+    recordings). The y axis is logarithmic when the largest plotted time is more than 10× the
+    smallest (positive) one. Writes ``png`` (matplotlib, Agg) and returns what it plotted:
+    ``{"series": {system: {recording: (xs, ys)}}, "log_y": bool, "recordings": [...]}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {system: read_compute_log(path) for system, path in logs.items()}
+    recordings = sorted({name for per in series.values() for name in per})
+    if not recordings:
+        raise ValueError(f"no computation_time entries in {', '.join(map(str, logs.values()))}")
+    times = [y for per in series.values() for _, ys in per.values() for y in ys if y > 0]
+    log_y = bool(times) and max(times) > 10 * min(times)
+    markers = "o^sDvP*Xh<>"
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for k, (system, per) in enumerate(series.items()):
+        for name, (xs, ys) in per.items():
+            marker = markers[recordings.index(name) % len(markers)]
+            ax.plot(xs, ys, marker=marker, markersize=3, linewidth=0.6, color=f"C{k}",
+                    label=f"{system} · {name}")  # fmt: skip
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("position in the stream: audio processed (s)")
+    ax.set_ylabel("computation time of the call (ms)" + (", log scale" if log_y else ""))
+    ax.set_title(
+        (title + "\n" if title else "")
+        + f"computation per simulstream call vs position, all {len(recordings)} recordings "
+        "(colour = system, marker = recording)",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return {"series": series, "log_y": log_y, "recordings": recordings}
+
+
+def compute_profile(xs: list[float], ys: list[float], bin_s: float = 10.0) -> list[dict]:
+    """Median and max computation (ms) of the calls whose position falls in each ``bin_s``
+    window ``[k·bin_s, (k+1)·bin_s)`` of the stream."""
+    bins: dict[int, list[float]] = {}
+    for x, y in zip(xs, ys, strict=True):
+        bins.setdefault(int(x // bin_s), []).append(y)
+    return [
+        {"from_s": k * bin_s, "to_s": (k + 1) * bin_s, "calls": len(v),
+         "median_ms": statistics.median(v), "max_ms": max(v)}
+        for k, v in sorted(bins.items())
+    ]  # fmt: skip
+
+
+def plot_systems(systems: dict, out: Path, title: str) -> dict:
+    """``OUT/compute_vs_position.png`` from the systems' metrics logs (those that exist), and
+    per system the 10 s profile of its calls (all recordings pooled). Errors are recorded."""
+    logs = {name: out / name / "metrics.jsonl" for name in systems}
+    logs = {name: log for name, log in logs.items() if log.is_file() and log.stat().st_size}
+    if not logs:
+        return {"error": "no metrics log to plot"}
+    try:
+        plotted = plot_compute_vs_position(logs, out / PLOT_FILE, title)
+    except (ValueError, OSError, KeyError, ImportError) as err:
+        return {"error": f"{type(err).__name__}: {err}"}
+    profile = {}
+    for name, per in plotted["series"].items():
+        xs = [x for xs, _ in per.values() for x in xs]
+        ys = [y for _, ys in per.values() for y in ys]
+        profile[name] = compute_profile(xs, ys)
+    return {"file": PLOT_FILE, "log_y": plotted["log_y"], "recordings": plotted["recordings"],
+            "profile_10s": profile}  # fmt: skip
 
 
 # ----------------------------------------------------------------------- report
@@ -226,6 +336,26 @@ def render_markdown(results: dict) -> str:
         "words). RTF: `simulstream_stats` real-time factor (compute seconds per audio second). "
         "inference s: wall time of `simulstream_inference` (model loading included).",
     ]
+    plot = results.get("compute_plot", {})
+    if "file" in plot:
+        lines += ["", f"![computation per call vs position]({plot['file']})", "",
+                  f"`{plot['file']}`: computation time of every simulstream call (ms"
+                  f"{', log scale' if plot['log_y'] else ''}) against the audio processed by "
+                  f"then, all recordings ({', '.join(plot['recordings'])}), from each system's "
+                  "`metrics.jsonl`. Per 10 s of stream position, all recordings pooled: median "
+                  "(max) ms per call.", ""]  # fmt: skip
+        names = list(plot["profile_10s"])
+        lines += ["| position s | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        by_bin: dict[tuple, dict] = {}
+        for name in names:
+            for row in plot["profile_10s"][name]:
+                by_bin.setdefault((row["from_s"], row["to_s"]), {})[name] = row
+        for (lo, hi), rows in sorted(by_bin.items()):
+            cells = [f"{rows[n]['median_ms']:.0f} ({rows[n]['max_ms']:.0f})" if n in rows
+                     else "–" for n in names]  # fmt: skip
+            lines.append(f"| {lo:.0f}–{hi:.0f} | " + " | ".join(cells) + " |")
+    elif "error" in plot:
+        lines.append(f"\n**plot error**: {plot['error']}")
     for name, r in results["systems"].items():
         for error in r["errors"]:
             lines.append(f"\n**{name} error**: {error}")
@@ -343,10 +473,19 @@ def main(argv: list[str] | None = None) -> int:
         for error in record["errors"]:
             print(f"  error: {error}", file=sys.stderr)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    minutes = sum(r["seconds"] for r in summary["recordings"]) / 60
+    results["compute_plot"] = plot_systems(
+        results["systems"], out, f"long-form {args.split}: {len(summary['recordings'])} "
+        f"recordings, {minutes:.1f} min; {args.chunk_ms} ms chunks, {args.threads} thread(s)",
+    )  # fmt: skip
+    if "error" in results["compute_plot"]:
+        print(f"  plot error: {results['compute_plot']['error']}", file=sys.stderr)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     text = render_markdown(results)
     (out / "results.md").write_text(text)
     print(text)
-    return 1 if any(r["errors"] for r in results["systems"].values()) else 0
+    failed = any(r["errors"] for r in results["systems"].values())
+    return 1 if failed or "error" in results["compute_plot"] else 0
 
 
 if __name__ == "__main__":
