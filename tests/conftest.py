@@ -1,10 +1,11 @@
-"""Shared fixtures: the ``tiny`` synthetic corpus, built once and reused."""
+"""Shared fixtures: one torch thread, and the ``tiny`` synthetic corpus, built once and reused."""
 
 import json
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 TINY_CORPUS = Path(__file__).resolve().parents[1] / "work" / "synth-tiny"
 
@@ -26,3 +27,13 @@ def synth_tiny() -> Path:
             warnings.simplefilter("ignore")  # an engine may be missing: the others are used
             prepare_synth(TINY_CORPUS, "tiny", progress=False)
     return TINY_CORPUS
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared machine they only lose. Restores the
+    thread count afterwards (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,10 +26,7 @@ from echostream.config import ConformerConfig, validate_config
 from echostream.models import build_model
 from echostream.streaming.translator import StreamingTranslator
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def contenders() -> list[Contender]:

@@ -16,19 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_models import KIND_OF, tiny_config
 
-from echostream.config import (
-    ConformerConfig,
-    CTCDecoderConfig,
-    EchoStreamConfig,
-    EmformerConfig,
-    EncoderConfig,
-    LossConfig,
-    SubsamplingConfig,
-    TransformerDecoderConfig,
-    UnitDecoderConfig,
-    VocabConfig,
-)
+from echostream.config import EchoStreamConfig
 from echostream.data.sampler import S2STItem, collate
 from echostream.models import build_model
 from echostream.models.checkpoint import (
@@ -42,13 +32,7 @@ from echostream.models.checkpoint import (
     unit_ctc_index,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # Tiny dims shared by the EchoStream configs and the synthetic StreamSpeech checkpoint.
@@ -58,40 +42,19 @@ SRC_V, TGT_V, UNITS = 14, 12, 10  # fairseq: 4 specials + 10 / 8 pieces; units +
 
 
 def config(model: str = "streamspeech", src_v: int = SRC_V, tgt_v: int = TGT_V) -> EchoStreamConfig:
-    dec = {"d_model": D_DEC, "num_heads": H_DEC, "ffn_dim": FFN_DEC, "dropout": 0.0}
-    return EchoStreamConfig(
-        model=model,
-        subsampling=SubsamplingConfig(channels=4),
-        encoder=EncoderConfig(
-            type="emformer" if model == "echostream" else "conformer",
-            emformer=EmformerConfig(
-                d_model=D_ENC,
-                num_layers=1,
-                num_heads=H_ENC,
-                ffn_dim=FFN_ENC,
-                segment_length=4,
-                left_context_length=4,
-                memory_size=2,
-                dropout=0.0,
-            ),
-            conformer=ConformerConfig(
-                d_model=D_ENC,
-                num_layers=ENC_LAYERS,
-                num_heads=H_ENC,
-                ffn_dim=FFN_ENC,
-                conv_kernel_size=KERNEL,
-                chunk_size=4,
-                dropout=0.0,
-            ),
-        ),
-        vocab=VocabConfig(src_vocab_size=src_v, tgt_vocab_size=tgt_v, num_units=UNITS),
-        st_ctc_decoder=CTCDecoderConfig(
-            num_layers=1, num_heads=H_ENC, ffn_dim=FFN_ENC, dropout=0.0
-        ),
-        mt_decoder=TransformerDecoderConfig(num_layers=MT_LAYERS, **dec),
-        t2u_encoder=TransformerDecoderConfig(num_layers=1, **dec),
-        unit_decoder=UnitDecoderConfig(num_layers=1, upsample_rate=2, **dec),
-        loss=LossConfig(label_smoothing=0.1),
+    return tiny_config(
+        KIND_OF[model],
+        channels=4,
+        d_model=D_ENC,
+        num_heads=H_ENC,
+        ffn_dim=FFN_ENC,
+        decoder_dims=(D_DEC, H_DEC, FFN_DEC),
+        mt_layers=MT_LAYERS,
+        upsample_rate=2,
+        vocab=(src_v, tgt_v, UNITS),
+        label_smoothing=0.1,
+        emformer={"num_layers": 1, "left_context_length": 4},
+        conformer={"num_layers": ENC_LAYERS, "conv_kernel_size": KERNEL},
     )
 
 

@@ -23,13 +23,7 @@ from echostream.text.tokenizer import PAD_ID
 D_ENC, VOCAB = 32, 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is faster and immune to other processes' load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def one_hot_logits(classes: list[list[int]], num_classes: int = VOCAB) -> torch.Tensor:

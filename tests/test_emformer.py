@@ -18,13 +18,7 @@ from echostream.models.emformer import Emformer, EmformerState
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: threads only add synchronisation (badly so on a loaded machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make(seed: int = 0, **overrides) -> Emformer:

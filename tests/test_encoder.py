@@ -3,44 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from helpers_models import tiny_config
 
 from echostream.audio.features import GlobalCMVN
-from echostream.config import ConformerConfig, EchoStreamConfig, EmformerConfig, validate_config
 from echostream.models.encoder import SpeechEncoder
-
-
-def tiny_config(kind: str) -> EchoStreamConfig:
-    cfg = EchoStreamConfig()
-    cfg.subsampling.channels = 16
-    if kind == "emformer":
-        cfg.encoder.emformer = EmformerConfig(
-            d_model=32,
-            num_layers=2,
-            num_heads=4,
-            ffn_dim=64,
-            segment_length=4,
-            left_context_length=6,
-            right_context_length=1,
-            memory_size=2,
-            dropout=0.0,
-        )
-    else:
-        cfg.model, cfg.encoder.type = "streamspeech", "conformer"
-        cfg.encoder.conformer = ConformerConfig(
-            d_model=32,
-            num_layers=2,
-            num_heads=4,
-            ffn_dim=64,
-            conv_kernel_size=5,
-            chunk_size=4,
-            dropout=0.0,
-        )
-    return validate_config(cfg)
 
 
 def _encoder(kind: str) -> SpeechEncoder:
     torch.manual_seed(0)
-    encoder = SpeechEncoder(tiny_config(kind)).eval()
+    config = tiny_config(kind, emformer={"left_context_length": 6, "right_context_length": 1})
+    encoder = SpeechEncoder(config).eval()
     rng = np.random.default_rng(0)
     cmvn = GlobalCMVN(
         mean=torch.from_numpy(rng.normal(5, 1, 80).astype(np.float32)),

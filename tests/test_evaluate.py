@@ -31,10 +31,10 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def test_evaluate_reports_quality_and_latency(corpus, tmp_path):
-    from test_streaming import busy_model
+    from helpers_models import busy_model
 
     torch.set_num_threads(1)
-    model, vocoder = busy_model("emformer")
+    model, vocoder = busy_model()
     results = evaluate(model, vocoder, corpus, "dev", [320], offline=True, log=lambda m: None)
     assert results["utterances"] == 3
     simul, offline = results["runs"]["simul_320ms"], results["runs"]["offline"]

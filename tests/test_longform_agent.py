@@ -17,12 +17,7 @@ from echostream.streaming.translator import StreamingTranslator
 RATE = 16000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def talk_layout(seconds: float, seed: int, burst=(1.0, 3.4), pause=(0.6, 1.6)):

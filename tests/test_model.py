@@ -6,22 +6,12 @@ from __future__ import annotations
 
 import math
 
+import helpers_models
 import numpy as np
 import pytest
 import torch
 
-from echostream.config import (
-    ConformerConfig,
-    CTCDecoderConfig,
-    EchoStreamConfig,
-    EmformerConfig,
-    EncoderConfig,
-    LossConfig,
-    SubsamplingConfig,
-    TransformerDecoderConfig,
-    UnitDecoderConfig,
-    VocabConfig,
-)
+from echostream.config import EchoStreamConfig
 from echostream.data.sampler import S2STItem, collate
 from echostream.models import EchoStreamModel, TranslationResult, build_model
 
@@ -29,51 +19,20 @@ SRC_V, TGT_V, UNITS = 20, 20, 12
 MODELS = ["echostream", "streamspeech"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny_config(model: str = "echostream", label_smoothing: float = 0.0) -> EchoStreamConfig:
     """A very small system (~80k parameters), no dropout."""
-    dec = {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "dropout": 0.0}
-    return EchoStreamConfig(
-        model=model,
-        subsampling=SubsamplingConfig(channels=4),
-        encoder=EncoderConfig(
-            type="emformer" if model == "echostream" else "conformer",
-            emformer=EmformerConfig(
-                d_model=32,
-                num_layers=2,
-                num_heads=2,
-                ffn_dim=64,
-                segment_length=4,
-                left_context_length=8,
-                memory_size=2,
-                dropout=0.0,
-            ),
-            conformer=ConformerConfig(
-                d_model=32,
-                num_layers=2,
-                num_heads=2,
-                ffn_dim=64,
-                conv_kernel_size=5,
-                chunk_size=4,
-                train_chunk_sizes=[2, 4, 0],
-                dropout=0.0,
-            ),
-        ),
-        vocab=VocabConfig(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, num_units=UNITS),
-        st_ctc_decoder=CTCDecoderConfig(
-            num_layers=1, num_heads=2, ffn_dim=64, dropout=0.0, left_context_length=8
-        ),
-        mt_decoder=TransformerDecoderConfig(num_layers=2, **dec),
-        t2u_encoder=TransformerDecoderConfig(num_layers=1, **dec),
-        unit_decoder=UnitDecoderConfig(num_layers=1, upsample_rate=3, **dec),
-        loss=LossConfig(label_smoothing=label_smoothing),
+    return helpers_models.tiny_config(
+        helpers_models.KIND_OF[model],
+        channels=4,
+        num_heads=2,
+        mt_layers=2,
+        vocab=(SRC_V, TGT_V, UNITS),
+        ctc_left_context=8,
+        label_smoothing=label_smoothing,
+        conformer={"train_chunk_sizes": [2, 4, 0]},
     )
 
 

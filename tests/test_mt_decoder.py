@@ -18,13 +18,7 @@ D_ENC, VOCAB = 24, 20
 CFG = TransformerDecoderConfig(num_layers=2, d_model=32, num_heads=4, ffn_dim=64, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is faster and immune to other processes' load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_decoder(layers: int = 2) -> MTDecoder:

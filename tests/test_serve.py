@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-import torch
 from fastapi.testclient import TestClient
 from helpers_models import busy_model, speechlike
 
@@ -23,13 +22,7 @@ from echostream.serve.app import STATIC_DIR, ServeConfig, create_app
 from echostream.serve.protocol import FORMATS, to_s16le
 from echostream.streaming.translator import StreamingTranslator
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

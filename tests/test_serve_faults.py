@@ -5,33 +5,25 @@ stream served at the same time is unaffected (equals its single-stream run)."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
-import torch
+import test_serve
 from fastapi.testclient import TestClient
-from helpers_models import busy_model, speechlike
+from helpers_models import speechlike
 from starlette.websockets import WebSocketDisconnect
 from test_serve import Gate, assert_same, collect, frames, reference, wait_until
 
 from echostream.serve import scheduler as scheduler_module
 from echostream.serve.app import ServeConfig, create_app
 
+# test_serve's busy model (module scope); one thread as in test_serve
+model = test_serve.model
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MAX_MESSAGE = 64 * 1024
 MAX_SECONDS = 2.5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return busy_model()
 
 
 def start(rate=16000, fmt="s16le", **extra) -> str:
@@ -87,6 +79,28 @@ def expect_error(ws, code: str, close_code: int, fragment: str) -> None:
     with pytest.raises(WebSocketDisconnect) as closed:
         ws.receive_text()
     assert closed.value.code == close_code
+
+
+def held_good_stream(model, monkeypatch, seconds: float, seed: int, chunk_ms: int):
+    """(gate, pcm, ref): the scheduler's worker held by a :class:`Gate` until its release, and a
+    good stream's audio (16 kHz) with its single-stream run at ``chunk_ms``."""
+    gate = Gate()
+    monkeypatch.setattr(scheduler_module, "_step_groups", gate)
+    pcm = speechlike(seconds, seed=seed)
+    return gate, pcm, reference(model, pcm, 16000, chunk_ms)
+
+
+@contextmanager
+def two_streams(app):
+    """Two WebSockets open on a TestClient of ``app``; once both are closed, the server must
+    hold no stream."""
+    with TestClient(app) as client:
+        with (
+            client.websocket_connect("/ws/translate") as first,
+            client.websocket_connect("/ws/translate") as second,
+        ):
+            yield first, second
+        assert client.get("/health").json()["streams"] == 0
 
 
 def test_protocol_errors_while_a_good_stream_runs(model):
@@ -166,31 +180,23 @@ def test_a_failing_step_errors_only_its_own_stream(model, monkeypatch):
         return real(group)
 
     monkeypatch.setattr(scheduler_module, "_step_group", failing)
-    gate = Gate()
-    monkeypatch.setattr(scheduler_module, "_step_groups", gate)
-    pcm = speechlike(2.0, seed=13)
-    ref = reference(model, pcm, 16000, 480)
+    gate, pcm, ref = held_good_stream(model, monkeypatch, 2.0, seed=13, chunk_ms=480)
     app = create_app(*model, ServeConfig(chunk_ms=480))
-    with TestClient(app) as client:
-        with (
-            client.websocket_connect("/ws/translate") as good,
-            client.websocket_connect("/ws/translate") as bad,
-        ):
-            good.send_text(start(fmt="f32le"))
-            bad.send_text(start(fmt="f32le"))
-            good.receive_json()
-            doomed.add(bad.receive_json()["stream_id"])
-            good.send_bytes(pcm[:7680].astype("<f4").tobytes())  # its first step, held
-            assert gate.entered.wait(timeout=30)
-            bad.send_bytes(pcm.astype("<f4").tobytes())
-            good.send_bytes(pcm[7680:].astype("<f4").tobytes())
-            good.send_text(STOP)
-            streams = app.state.scheduler.streams.values()
-            wait_until(lambda: all(s.stopping or s.buffered_seconds > 1.5 for s in streams))
-            gate.release()
-            expect_error(bad, "internal", 1011, "injected failure")
-            got = collect(good)
-        assert client.get("/health").json()["streams"] == 0
+    with two_streams(app) as (good, bad):
+        good.send_text(start(fmt="f32le"))
+        bad.send_text(start(fmt="f32le"))
+        good.receive_json()
+        doomed.add(bad.receive_json()["stream_id"])
+        good.send_bytes(pcm[:7680].astype("<f4").tobytes())  # its first step, held
+        assert gate.entered.wait(timeout=30)
+        bad.send_bytes(pcm.astype("<f4").tobytes())
+        good.send_bytes(pcm[7680:].astype("<f4").tobytes())
+        good.send_text(STOP)
+        streams = app.state.scheduler.streams.values()
+        wait_until(lambda: all(s.stopping or s.buffered_seconds > 1.5 for s in streams))
+        gate.release()
+        expect_error(bad, "internal", 1011, "injected failure")
+        got = collect(good)
     assert failed_batches[:2] == [2, 1]  # the batch of both, then the doomed one alone
     assert_same(got, ref)  # the good stream was retried alone when the batch failed
 
@@ -198,25 +204,17 @@ def test_a_failing_step_errors_only_its_own_stream(model, monkeypatch):
 def test_overloaded_when_the_backlog_exceeds_the_limit(model, monkeypatch):
     """More than --max-buffer-seconds of a stream's audio waiting (here: the step is held while
     the client sends 2 s at once): 'overloaded' (1013); a stream within the limit goes on."""
-    gate = Gate()
-    monkeypatch.setattr(scheduler_module, "_step_groups", gate)
-    pcm = speechlike(1.2, seed=14)
-    ref = reference(model, pcm, 16000, 320)
+    gate, pcm, ref = held_good_stream(model, monkeypatch, 1.2, seed=14, chunk_ms=320)
     app = create_app(*model, ServeConfig(max_buffer_seconds=1.5))
-    with TestClient(app) as client:
-        with (
-            client.websocket_connect("/ws/translate") as good,
-            client.websocket_connect("/ws/translate") as fast,
-        ):
-            good.send_text(start(fmt="f32le"))
-            good.receive_json()
-            good.send_bytes(pcm.astype("<f4").tobytes())  # 1.2 s: within the limit
-            good.send_text(STOP)
-            fast.send_text(start(fmt="f32le"))
-            fast.receive_json()
-            for _ in range(20):  # 2 s at once, 100 ms per message
-                fast.send_bytes(np.zeros(1600, "<f4").tobytes())
-            expect_error(fast, "overloaded", 1013, "s behind this stream (limit 1.5 s)")
-            gate.release()
-            assert_same(collect(good), ref)
-        assert client.get("/health").json()["streams"] == 0
+    with two_streams(app) as (good, fast):
+        good.send_text(start(fmt="f32le"))
+        good.receive_json()
+        good.send_bytes(pcm.astype("<f4").tobytes())  # 1.2 s: within the limit
+        good.send_text(STOP)
+        fast.send_text(start(fmt="f32le"))
+        fast.receive_json()
+        for _ in range(20):  # 2 s at once, 100 ms per message
+            fast.send_bytes(np.zeros(1600, "<f4").tobytes())
+        expect_error(fast, "overloaded", 1013, "s behind this stream (limit 1.5 s)")
+        gate.release()
+        assert_same(collect(good), ref)

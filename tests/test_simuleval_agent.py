@@ -62,9 +62,7 @@ TEXT_METRICS = ["AL", "LAAL", "AP", "DAL", "StartOffset", "EndOffset"]
 SPEECH_METRICS = [*TEXT_METRICS, "NumChunks"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

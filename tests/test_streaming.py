@@ -3,84 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from helpers_models import busy_model, speechlike
 
-from echostream.config import ConformerConfig, EchoStreamConfig, EmformerConfig, validate_config
-from echostream.models import build_model
-from echostream.models.unit_vocoder import UnitVocoder, UnitVocoderConfig
 from echostream.streaming.core import IncrementalCore, TranslatorState
 from echostream.streaming.translator import StreamingTranslator
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_config(kind: str) -> EchoStreamConfig:
-    cfg = EchoStreamConfig()
-    cfg.subsampling.channels = 16
-    if kind == "emformer":
-        cfg.encoder.emformer = EmformerConfig(
-            d_model=32,
-            num_layers=2,
-            num_heads=4,
-            ffn_dim=64,
-            segment_length=4,
-            left_context_length=8,
-            right_context_length=0,
-            memory_size=2,
-            dropout=0.0,
-        )
-    else:
-        cfg.model, cfg.encoder.type = "streamspeech", "conformer"
-        cfg.encoder.conformer = ConformerConfig(
-            d_model=32,
-            num_layers=2,
-            num_heads=4,
-            ffn_dim=64,
-            conv_kernel_size=5,
-            chunk_size=4,
-            dropout=0.0,
-        )
-    cfg.vocab.src_vocab_size = cfg.vocab.tgt_vocab_size = 12
-    cfg.vocab.num_units = 10
-    cfg.st_ctc_decoder.num_layers, cfg.st_ctc_decoder.ffn_dim = 1, 64
-    cfg.st_ctc_decoder.dropout = 0.0
-    for dec in (cfg.mt_decoder, cfg.t2u_encoder, cfg.unit_decoder):
-        dec.d_model, dec.num_heads, dec.ffn_dim, dec.num_layers, dec.dropout = 32, 4, 64, 1, 0.0
-    cfg.unit_decoder.upsample_rate = 3
-    return validate_config(cfg)
-
-
-def busy_model(kind: str):
-    """A random model whose CTC heads react strongly to the input, so that the policy writes at
-    many different steps (an untrained model would mostly output blanks)."""
-    torch.manual_seed(0)
-    model = build_model(tiny_config(kind)).eval()
-    with torch.no_grad():
-        for head in (model.asr_ctc, model.st_ctc.head):
-            head.proj.weight.mul_(30.0)
-        model.mt_decoder.embed_tokens.weight.normal_(0, 1.0)
-    vocoder = UnitVocoder(
-        UnitVocoderConfig(num_units=10, unit_dim=16, frame_dim=16, unit_layers=1, frame_layers=1)
-    ).eval()
-    return model, vocoder
-
-
-def speechlike(seconds: float, seed: int) -> np.ndarray:
-    """200 ms segments of tones and noise at random frequencies and levels."""
-    g = torch.Generator().manual_seed(seed)
-    parts = []
-    for _ in range(int(seconds / 0.2)):
-        t = torch.arange(3200) / 16000
-        f = float(torch.randint(100, 3000, (1,), generator=g))
-        amp = float(torch.rand(1, generator=g)) * 0.5
-        noise = amp * float(torch.rand(1, generator=g)) * torch.randn(3200, generator=g)
-        parts.append(amp * torch.sin(2 * torch.pi * f * t) + noise)
-    return torch.cat(parts).numpy().astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def run(model, vocoder, pcm, mode, chunk_ms, feed=5000, rate=16000):
@@ -95,7 +23,7 @@ def run(model, vocoder, pcm, mode, chunk_ms, feed=5000, rate=16000):
     "kind,chunk_ms", [("emformer", 160), ("emformer", 320), ("conformer", 160)]
 )
 def test_incremental_equals_recompute(kind, chunk_ms):
-    model, vocoder = busy_model(kind)
+    model, vocoder = busy_model(kind=kind)
     pcm = speechlike(2.4, seed=1)
     inc = run(model, vocoder, pcm, "incremental", chunk_ms)
     rec = run(model, vocoder, pcm, "recompute", chunk_ms)
@@ -116,7 +44,7 @@ def test_incremental_equals_recompute(kind, chunk_ms):
 
 
 def test_push_sizes_and_sample_rates_do_not_change_the_result():
-    model, vocoder = busy_model("emformer")
+    model, vocoder = busy_model()
     pcm = speechlike(1.6, seed=2)
     ref = run(model, vocoder, pcm, "incremental", 160)
     other = run(model, vocoder, pcm, "incremental", 160, feed=777)
@@ -132,7 +60,7 @@ def test_push_sizes_and_sample_rates_do_not_change_the_result():
 
 
 def test_batched_streams_started_at_different_times_equal_single_runs():
-    model, vocoder = busy_model("emformer")
+    model, vocoder = busy_model()
     core = IncrementalCore(model, vocoder)
     chunk = 2560
     pcms = [speechlike(1.6, seed=s) for s in (3, 4, 5)]
@@ -194,7 +122,7 @@ class _FakeTokenizer:
 
 
 def test_whole_word_holds_back_the_last_word_until_it_is_complete(monkeypatch):
-    model, vocoder = busy_model("emformer")
+    model, vocoder = busy_model()
     model.attach_tokenizers(None, _FakeTokenizer())
     pcm = speechlike(3.2, seed=1)
     trs = {
@@ -227,7 +155,7 @@ def test_whole_word_holds_back_the_last_word_until_it_is_complete(monkeypatch):
 
 
 def test_errors():
-    model, vocoder = busy_model("emformer")
+    model, vocoder = busy_model()
     with pytest.raises(ValueError, match="chunk_ms"):
         StreamingTranslator(model, vocoder, chunk_ms=0)
     with pytest.raises(ValueError, match="mode"):

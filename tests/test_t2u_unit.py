@@ -15,13 +15,7 @@ from echostream.models.unit_decoder import UNIT_ID_OFFSET, UnitDecoder, UnitDeco
 UNITS, RATE = 10, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is faster and immune to other processes' load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_t2u(layers: int, d_in: int) -> T2UEncoder:

@@ -27,7 +27,7 @@ import yaml
 from torch import nn
 
 from echostream.audio.features import GlobalCMVN
-from echostream.config import ConfigError, load_config
+from echostream.config import ConfigError, EchoStreamConfig, load_config
 from echostream.data.manifest import MANIFEST_COLUMNS, ManifestRow, write_manifest
 from echostream.text.tokenizer import train_tokenizer
 from echostream.training.config import SpecAugmentConfig, TrainingConfig, load_training_config
@@ -193,6 +193,24 @@ def tcfg(**kw) -> TrainingConfig:
     return TrainingConfig(**base)
 
 
+def stand_in_trainer(
+    cfg: EchoStreamConfig | Path,
+    data: Path,
+    out: Path,
+    *,
+    resume: bool = False,
+    init_from: Path | None = None,
+    **kw,
+) -> Trainer:
+    """A Trainer of :class:`StandIn` on ``data`` writing to ``out``; ``cfg``: a model config or
+    its YAML file; ``kw``: fields of :func:`tcfg`."""
+    if isinstance(cfg, Path):
+        cfg = load_config(cfg)
+    return Trainer(
+        cfg, tcfg(**kw), data, out, resume=resume, init_from=init_from, model_factory=StandIn
+    )
+
+
 def trainer_state(path: Path) -> dict:
     return training_state(read_checkpoint(path))["trainer"]
 
@@ -324,7 +342,7 @@ def test_wer_and_bleu_helpers():
 
 def test_train_writes_logs_checkpoints_and_config(corpus, tmp_path):
     cfg = load_config(EMFORMER_CFG)
-    trainer = Trainer(cfg, tcfg(), corpus, tmp_path / "run", model_factory=StandIn)
+    trainer = stand_in_trainer(cfg, corpus, tmp_path / "run")
     summary = trainer.train()
     run = tmp_path / "run"
     assert summary["step"] == 8
@@ -360,12 +378,8 @@ def test_train_writes_logs_checkpoints_and_config(corpus, tmp_path):
 
 
 def test_gradient_accumulation_and_epochs(corpus, tmp_path):
-    trainer = Trainer(
-        load_config(EMFORMER_CFG),
-        tcfg(max_steps=7, update_freq=3, eval_every=0),
-        corpus,
-        tmp_path / "run",
-        model_factory=StandIn,
+    trainer = stand_in_trainer(
+        EMFORMER_CFG, corpus, tmp_path / "run", max_steps=7, update_freq=3, eval_every=0
     )
     trainer.train()
     lengths = trainer.train_set.lengths
@@ -383,12 +397,8 @@ def test_gradient_accumulation_and_epochs(corpus, tmp_path):
 
 
 def test_max_epochs_ends_with_a_partial_update(corpus, tmp_path):
-    trainer = Trainer(
-        load_config(EMFORMER_CFG),
-        tcfg(max_steps=100, max_epochs=1, eval_every=0),
-        corpus,
-        tmp_path / "run",
-        model_factory=StandIn,
+    trainer = stand_in_trainer(
+        EMFORMER_CFG, corpus, tmp_path / "run", max_steps=100, max_epochs=1, eval_every=0
     )
     trainer.train()
     batches = trainer.sampler.batches(0)
@@ -402,34 +412,17 @@ def test_max_epochs_ends_with_a_partial_update(corpus, tmp_path):
 
 def test_multichunk_training_samples_chunk_sizes(corpus, tmp_path):
     cfg = load_config(CONFORMER_CFG)
-    trainer = Trainer(
-        cfg,
-        tcfg(max_steps=10, eval_every=0, dev_decode_utterances=0),
-        corpus,
-        tmp_path / "a",
-        model_factory=StandIn,
-    )
+    chunked = {"max_steps": 10, "eval_every": 0, "dev_decode_utterances": 0}
+    trainer = stand_in_trainer(cfg, corpus, tmp_path / "a", **chunked)
     trainer.train()
     train_chunks = trainer.model.chunks[:20]  # 10 updates × 2 micro-batches (then the dev pass)
     assert set(train_chunks) <= set(cfg.encoder.conformer.train_chunk_sizes)
     assert len(set(train_chunks)) >= 3
     assert set(trainer.model.chunks[20:]) == {None}  # evaluation: the model's own chunk size
-    again = Trainer(
-        cfg,
-        tcfg(max_steps=10, eval_every=0, dev_decode_utterances=0),
-        corpus,
-        tmp_path / "b",
-        model_factory=StandIn,
-    )
+    again = stand_in_trainer(cfg, corpus, tmp_path / "b", **chunked)
     again.train()
     assert again.model.chunks == trainer.model.chunks  # drawn from the seeded generator
-    emformer = Trainer(
-        load_config(EMFORMER_CFG),
-        tcfg(max_steps=2, eval_every=0),
-        corpus,
-        tmp_path / "c",
-        model_factory=StandIn,
-    )
+    emformer = stand_in_trainer(EMFORMER_CFG, corpus, tmp_path / "c", max_steps=2, eval_every=0)
     emformer.train()
     assert set(emformer.model.chunks) == {None}
 
@@ -437,9 +430,9 @@ def test_multichunk_training_samples_chunk_sizes(corpus, tmp_path):
 def test_resume_continues_the_same_curve(corpus, tmp_path):
     """Stop at step 5 (not a multiple of save_every: resumes from step 3), continue to 10."""
     cfg = load_config(CONFORMER_CFG)  # chunk sampling and SpecAugment both draw random numbers
-    Trainer(cfg, tcfg(max_steps=10), corpus, tmp_path / "ref", model_factory=StandIn).train()
+    stand_in_trainer(cfg, corpus, tmp_path / "ref", max_steps=10).train()
     run = tmp_path / "run"
-    first = Trainer(cfg, tcfg(max_steps=10), corpus, run, model_factory=StandIn)
+    first = stand_in_trainer(cfg, corpus, run, max_steps=10)
     batches = first._micro_batches()
     for _ in range(5):  # five updates, then "crash" (no final save): last.pt is step 3
         row = first.train_step(batches)
@@ -449,8 +442,8 @@ def test_resume_continues_the_same_curve(corpus, tmp_path):
             first.save()
     assert trainer_state(run / "last.pt")["step"] == 3
     with pytest.raises(TrainingError, match="already holds a run"):
-        Trainer(cfg, tcfg(max_steps=10), corpus, run, model_factory=StandIn)
-    resumed = Trainer(cfg, tcfg(max_steps=10), corpus, run, resume=True, model_factory=StandIn)
+        stand_in_trainer(cfg, corpus, run, max_steps=10)
+    resumed = stand_in_trainer(cfg, corpus, run, max_steps=10, resume=True)
     assert resumed.step == 3
     resumed.train()
     assert losses_of(run / "train_log.csv") == losses_of(tmp_path / "ref" / "train_log.csv")
@@ -531,13 +524,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(corpus, tmp_path):
 
 
 def test_sigterm_saves_and_stops(corpus, tmp_path):
-    trainer = Trainer(
-        load_config(EMFORMER_CFG),
-        tcfg(max_steps=50, save_every=100),
-        corpus,
-        tmp_path / "run",
-        model_factory=StandIn,
-    )
+    trainer = stand_in_trainer(EMFORMER_CFG, corpus, tmp_path / "run", max_steps=50, save_every=100)
     forward = trainer.model.forward
 
     def forward_then_term(batch, chunk_size=None):
@@ -603,32 +590,21 @@ def test_error_empty_manifest_and_too_long(corpus, tmp_path):
     shutil.copytree(corpus, data)
     (data / "dev.tsv").write_text("\t".join(MANIFEST_COLUMNS) + "\n")
     with pytest.raises(TrainingError, match=r"dev\.tsv: empty manifest"):
-        Trainer(load_config(EMFORMER_CFG), tcfg(), data, tmp_path / "a", model_factory=StandIn)
+        stand_in_trainer(EMFORMER_CFG, data, tmp_path / "a")
     with pytest.raises(TrainingError, match=r"longer than max_frames=10.*raise max_frames"):
-        Trainer(
-            load_config(EMFORMER_CFG),
-            tcfg(max_frames=10),
-            corpus,
-            tmp_path / "b",
-            model_factory=StandIn,
-        )
+        stand_in_trainer(EMFORMER_CFG, corpus, tmp_path / "b", max_frames=10)
 
 
 def test_error_vocab_mismatch(corpus, tmp_path):
     cfg = load_config(EMFORMER_CFG)  # says 1000; the corpus tokenizers have fewer pieces
     with pytest.raises(TrainingError, match=r"vocab mismatch: .*vocab\.src_vocab_size = 1000"):
-        Trainer(cfg, tcfg(vocab_from_data=False), corpus, tmp_path / "a", model_factory=StandIn)
+        stand_in_trainer(cfg, corpus, tmp_path / "a", vocab_from_data=False)
     data = tmp_path / "data"
     shutil.copytree(corpus, data)
-    Trainer(cfg, tcfg(max_steps=2), data, tmp_path / "run", model_factory=StandIn).train()
+    stand_in_trainer(cfg, data, tmp_path / "run", max_steps=2).train()
     # --init-from: the weights, a fresh run (step 0).
-    init = Trainer(
-        cfg,
-        tcfg(max_steps=2),
-        data,
-        tmp_path / "init",
-        model_factory=StandIn,
-        init_from=tmp_path / "run" / "last.pt",
+    init = stand_in_trainer(
+        cfg, data, tmp_path / "init", max_steps=2, init_from=tmp_path / "run" / "last.pt"
     )
     assert init.step == 0
     weights = read_checkpoint(tmp_path / "run" / "last.pt")["state_dict"]
@@ -637,46 +613,35 @@ def test_error_vocab_mismatch(corpus, tmp_path):
     # The corpus gets another English tokenizer: resuming or initialising must refuse.
     train_tokenizer([s.upper() + " extra words here" for s in EN], data / "spm" / "spm_en", 48)
     with pytest.raises(TrainingError, match=r"vocab mismatch: --init-from .* tgt"):
-        Trainer(
-            cfg,
-            tcfg(max_steps=2),
-            data,
-            tmp_path / "init2",
-            model_factory=StandIn,
-            init_from=tmp_path / "run" / "last.pt",
+        stand_in_trainer(
+            cfg, data, tmp_path / "init2", max_steps=2, init_from=tmp_path / "run" / "last.pt"
         )
     with pytest.raises(TrainingError, match=r"vocab mismatch: the checkpoint .*tgt"):
-        Trainer(cfg, tcfg(max_steps=4), data, tmp_path / "run", resume=True, model_factory=StandIn)
+        stand_in_trainer(cfg, data, tmp_path / "run", max_steps=4, resume=True)
 
 
 def test_error_architecture_mismatch_on_resume(corpus, tmp_path):
     cfg = load_config(EMFORMER_CFG)
-    Trainer(cfg, tcfg(max_steps=2), corpus, tmp_path / "run", model_factory=StandIn).train()
+    stand_in_trainer(cfg, corpus, tmp_path / "run", max_steps=2).train()
     other = load_config(EMFORMER_CFG)
     other.encoder.emformer.num_layers += 1
     other.loss.mt_ce_weight = 1.0  # not architecture: allowed
     with pytest.raises(
         TrainingError, match=r"architecture:\n  encoder\.emformer\.num_layers: 6 → 7"
     ):
-        Trainer(
-            other, tcfg(max_steps=4), corpus, tmp_path / "run", resume=True, model_factory=StandIn
-        )
+        stand_in_trainer(other, corpus, tmp_path / "run", max_steps=4, resume=True)
     small = lambda c: StandIn(c, d=8)  # noqa: E731  weights that do not fit the checkpoint
     with pytest.raises(TrainingError, match="weights do not fit"):
         Trainer(cfg, tcfg(max_steps=4), corpus, tmp_path / "run", resume=True, model_factory=small)
     changed = load_config(EMFORMER_CFG)
     changed.loss.mt_ce_weight = 1.0
-    t = Trainer(
-        changed, tcfg(max_steps=4), corpus, tmp_path / "run", resume=True, model_factory=StandIn
-    )
+    t = stand_in_trainer(changed, corpus, tmp_path / "run", max_steps=4, resume=True)
     assert t.step == 2
     assert "loss.mt_ce_weight: 8.0 → 1.0" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_error_out_of_memory_gives_advice(corpus, tmp_path):
-    trainer = Trainer(
-        load_config(EMFORMER_CFG), tcfg(), corpus, tmp_path / "run", model_factory=StandIn
-    )
+    trainer = stand_in_trainer(EMFORMER_CFG, corpus, tmp_path / "run")
     trainer.model.fail_with = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     with pytest.raises(TrainingError, match=r"out of CPU memory .*max_frames: 200, update_freq: 4"):
         trainer.train()
