@@ -42,7 +42,7 @@ bench: setup
 # (reference configs, random weights with busy CTC heads; ~15 min on a quiet 2-core machine).
 bench-pipeline: setup
 	$(VENV)/bin/echostream bench pipeline --config echostream --baseline-config streamspeech \
-		--busy --chunks 160,320 --lengths 1,5,10,30,60 --recompute-max-s 10 \
+		--busy --chunks 160,320,640 --lengths 1,5,10,30,60 --recompute-max-s 10 \
 		--out docs/benchmarks/pipeline --doc docs/benchmarks/pipeline.md
 
 # docs/results: both models at 160/320/640 ms + offline on 30 dev utterances, table + curves.
