@@ -229,9 +229,10 @@ class _EmformerLayer(nn.Module):
         mask: (B·N, 1, P + summary, M + C + P); summary: whether to compute summary queries;
         cache: what precedes segment 0 — (left_kv (B, C, 2D), memory_kv (B, M, 2D), conv
         (B, k-1, D)) when streaming, None (zeros, masked) for a whole sequence.
-        Returns z (B, N, P, D), the next layer's memory (B, N, D) or None, and the extended
-        caches (left_kv (B, C + N·L, 2D), memory_kv (B, M + N, 2D), conv (B, k-1 + N·L, D)):
-        the caches after segment i are their windows ending at segment i (``Emformer.stream``).
+        Returns z (B, N, P, D), the next layer's memory (B, N, D) or None, and what extends
+        the caches (main-stream keys/values (B, N·L, 2D), memory keys/values (B, N or 0, 2D),
+        conv inputs (B, N·L or 0, D)): the caches after segment i are the windows of
+        [cache; extension] ending at segment i (``Emformer.stream``).
         Dropout only in training and without a cache.
         """
         b, n, p, d = z.shape
@@ -243,58 +244,58 @@ class _EmformerLayer(nn.Module):
         qkv = F.linear(rows, self.in_proj.weight, self.in_proj.bias)
         q, kv = qkv[:, : n * p].view(b, n, p, 3 * d).split([d, 2 * d], dim=-1)  # (B,N,P,D|2D)
         if summary:  # query of the mean of the normed frames = mean of their queries
-            s_q = seg_weight.unsqueeze(2) @ q[:, :, :seg]  # (B, N, 1, D)
-            q = torch.cat([q, s_q], dim=2)  # (B, N, P + 1, D)
-        # main-stream keys/values after the left context: (B, C + N·L, 2D); windows of C + L
-        main = kv[:, :, :seg].reshape(b, n * seg, 2 * d)
-        left_kv = F.pad(main, (0, 0, ctx, 0)) if cache is None else torch.cat([cache[0], main], 1)
-        memory_kv = left_kv.new_zeros(b, mem, 2 * d) if cache is None else cache[1]
-        if memory is not None:  # memory of segment i: vectors of segments i - M .. i - 1
-            memory_kv = torch.cat([memory_kv, qkv[:, n * p :, d:]], dim=1)  # (B, M + N, 2D)
+            s_q = torch.bmm(seg_weight.view(b * n, 1, seg), q[:, :, :seg].reshape(b * n, seg, d))
+            q = torch.cat([q, s_q.view(b, n, 1, d)], dim=2)  # (B, N, P + 1, D)
+        main = kv[:, :, :seg].reshape(b, n * seg, 2 * d)  # new main-stream keys/values
+        new_memory_kv = qkv[:, n * p :, d:]  # (B, N or 0, 2D): of this call's memory vectors
+        if n == 1 and cache is not None:  # one segment (160 ms chunks): keys = caches + block
+            k, v = torch.cat([cache[1], cache[0], kv[:, 0]], dim=1).split(d, dim=-1)
+        else:  # windows over [left context; main stream] and [memory slots; new memory]
+            left_kv = (
+                F.pad(main, (0, 0, ctx, 0)) if cache is None else torch.cat([cache[0], main], 1)
+            )
+            memory_kv = left_kv.new_zeros(b, mem, 2 * d) if cache is None else cache[1]
+            memory_kv = torch.cat([memory_kv, new_memory_kv], dim=1)  # (B, M + N, 2D)
 
-        def keys_of(half: slice) -> torch.Tensor:
-            """Keys (or values) of every segment: (B·N, M + C + P, D), windows unfolded."""
-            parts = [left_kv[..., half].unfold(1, ctx + seg, seg)[:, :n], kv[:, :, seg:, half]]
-            parts[0] = parts[0].transpose(2, 3)
-            if memory is not None:
-                parts.insert(0, memory_kv[..., half].unfold(1, mem, 1)[:, :n].transpose(2, 3))
-            return torch.cat(parts, dim=2).reshape(b * n, -1, d)
+            def keys_of(half: slice) -> torch.Tensor:
+                """Keys (or values) of every segment: (B·N, M + C + P, D), windows unfolded."""
+                parts = [left_kv[..., half].unfold(1, ctx + seg, seg)[:, :n], kv[:, :, seg:, half]]
+                parts[0] = parts[0].transpose(2, 3)
+                if memory is not None:
+                    parts.insert(0, memory_kv[..., half].unfold(1, mem, 1)[:, :n].transpose(2, 3))
+                return torch.cat(parts, dim=2).reshape(b * n, -1, d)
 
-        if n == 1:  # one segment (streaming in 160 ms chunks): the windows are the caches
-            parts = [memory_kv[:, :mem]] if memory is not None else []
-            k, v = torch.cat([*parts, left_kv, kv[:, 0, seg:]], dim=1).split(d, dim=-1)
-        else:
             k, v = keys_of(slice(0, d)), keys_of(slice(d, 2 * d))
         dropout = self.attention_dropout if drop else 0.0
         out = self._attend(q.reshape(b * n, -1, d), k, v, mask, dropout).view(b, n, -1, d)
         z = z + (self.dropout(out[:, :, :p]) if drop else out[:, :, :p])
         next_memory = out[:, :, p].clamp(-self.memory_clamp, self.memory_clamp) if summary else None
-        conv = z.new_zeros(b, 0, d) if cache is None else cache[2]
+        conv_in = z[:, 0, :0]  # (B, 0, D): no conv module, nothing to cache
         if self.conv is not None:
-            y, conv = self._conv_parallel(z, None if cache is None else cache[2], drop)
+            y, conv_in = self._conv_parallel(z, None if cache is None else cache[2], drop)
             z = z + y
-        return z + self._ffn(z, dropout=drop), next_memory, (left_kv, memory_kv, conv)
+        return z + self._ffn(z, dropout=drop), next_memory, (main, new_memory_kv, conv_in)
 
     def _conv_parallel(
         self, z: torch.Tensor, cache: torch.Tensor | None, dropout: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv module over the main stream (after ``cache`` (B, k-1, D) or zeros); the right
-        context continues its segment. z (B, N, P, D) → (B, N, P, D) and the conv inputs
-        (B, k-1 + N·L, D)."""
+        context continues its segment. z (B, N, P, D) → (B, N, P, D) and the new main-stream
+        conv inputs (B, N·L, D)."""
         assert self.conv is not None
         b, n, p, d = z.shape
         seg, k1 = self.segment_length, self.conv.kernel_size - 1
         u = self.conv.glu(z)
-        u_main = u[:, :, :seg].reshape(b, n * seg, d)
-        u_main = F.pad(u_main, (0, 0, k1, 0)) if cache is None else torch.cat([cache, u_main], 1)
+        u_new = u[:, :, :seg].reshape(b, n * seg, d)
+        u_main = F.pad(u_new, (0, 0, k1, 0)) if cache is None else torch.cat([cache, u_new], 1)
         y_main = self.conv.conv_valid(u_main).view(b, n, seg, d)  # (B, N, L, D)
         if p == seg:
-            return self.conv.tail(y_main, dropout), u_main
+            return self.conv.tail(y_main, dropout), u_new
         # the k - 1 main-stream inputs before frame (i + 1)L, then segment i's right context
         before = u_main[:, seg:].unfold(1, k1, seg).transpose(2, 3) if k1 else u[:, :, :0]
         u_right = torch.cat([before, u[:, :, seg:]], dim=2).reshape(b * n, k1 + p - seg, d)
         y_right = self.conv.conv_valid(u_right).view(b, n, p - seg, d)
-        return self.conv.tail(torch.cat([y_main, y_right], dim=2), dropout), u_main
+        return self.conv.tail(torch.cat([y_main, y_right], dim=2), dropout), u_new
 
 
 class Emformer(nn.Module):
@@ -489,12 +490,21 @@ class Emformer(nn.Module):
             z, memory, layer_caches = layer(z, memory, seg_weight, rows, summary, cache)
             extended.append(layer_caches)
         if extended:  # stream b's caches after its last segment: windows ending at steps[b]
-            per_cache = [torch.stack(c, dim=1) for c in zip(*extended, strict=True)]
             left_kv, memory_kv, conv_cache = (
-                _window(per_cache[0], steps * seg, ctx, steps_list),  # (B, layers, C, 2D)
-                _window(per_cache[1], steps, mem, steps_list),  # (B, layers, M, 2D)
-                _window(per_cache[2], steps * seg, max(cfg.conv_kernel_size - 1, 0), steps_list),
-            )
+                _window(
+                    torch.cat([old, torch.stack(new, dim=1)], dim=2),
+                    steps * every,
+                    size,
+                    steps_list,
+                )
+                for old, new, every, size in zip(
+                    (state.left_kv, state.memory_kv, state.conv_cache),
+                    zip(*extended, strict=True),
+                    (seg, 1, seg),
+                    (ctx, mem, max(cfg.conv_kernel_size - 1, 0)),
+                    strict=True,
+                )
+            )  # (B, layers, C | M | k-1, ·)
         else:
             left_kv, memory_kv, conv_cache = state.left_kv, state.memory_kv, state.conv_cache
 
