@@ -11,6 +11,11 @@ def test_bundled_model_loads_by_name_without_network():
     model, vocoder = load_pretrained("echostream-tiny-fr-en")
     assert model.cfg.model == "echostream" and model.tgt_tokenizer is not None
     assert vocoder is not None and vocoder.cfg.num_units == model.cfg.vocab.num_units
+    baseline, no_vocoder = load_pretrained("streamspeech-tiny-fr-en")  # the A/B baseline
+    assert baseline.cfg.model == "streamspeech" and no_vocoder is None
+    assert baseline.tgt_tokenizer.sp.serialized_model_proto() == (
+        model.tgt_tokenizer.sp.serialized_model_proto()
+    )  # same corpus, same target pieces
     for path in PRETRAINED_DIR.glob("*/*.pt"):
         assert path.stat().st_size <= 25 * 2**20, f"{path} is over the 25 MB repository limit"
 
