@@ -52,11 +52,14 @@ results: setup
 		--vocoder echostream/pretrained/vocoder-tiny/vocoder.pt \
 		--data work/synth-demo --split dev --limit 30 --out docs/results
 
-# Long-form: simulstream + OmniSTEval on 2 one-minute dev streams, EchoStream and the baseline.
+# Long-form: simulstream + OmniSTEval on 2 one-minute dev streams, EchoStream and the shipped
+# same-budget StreamSpeech baseline under its recompute agent.
 eval-longform: setup
 	test -f work/synth-demo/build.json || $(VENV)/bin/echostream prepare synth --size demo --out work/synth-demo
 	$(VENV)/bin/echostream eval-longform --corpus work/synth-demo --split dev --minutes 1 \
-		--streams 2 --out out/eval-longform
+		--streams 2 --out out/eval-longform \
+		--baseline-checkpoint echostream/pretrained/streamspeech-tiny-fr-en/model.pt \
+		--baseline-vocoder echostream/pretrained/vocoder-tiny/vocoder.pt
 
 # Load + faults benchmark of `echostream serve` (starts its own server on a free port). The
 # issue's full run is SERVE_CLIENTS=32 SERVE_SECONDS=30 SERVE_THREADS=2: it completes on 2 cores,
