@@ -7,22 +7,19 @@ import sys
 import time
 from pathlib import Path
 
+from .config import CONFIG_DIR, config_path
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
-CONFIG_DIR = REPO_DIR / "configs" / "fr-en"
 SAMPLES_DIR = PACKAGE_DIR / "assets" / "samples"
 
 
 def _config_path(name_or_path: str) -> Path:
-    """A config path, or a short name such as ``echostream`` / ``streamspeech_tiny``."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    candidate = CONFIG_DIR / f"config_{name_or_path}.yaml"
-    if candidate.exists():
-        return candidate
-    known = ", ".join(sorted(p.stem.removeprefix("config_") for p in CONFIG_DIR.glob("*.yaml")))
-    raise SystemExit(f"echostream: no config file {name_or_path!r} (known names: {known})")
+    """:func:`echostream.config.config_path`, its error as the command's exit message."""
+    try:
+        return config_path(name_or_path)
+    except FileNotFoundError as err:
+        raise SystemExit(f"echostream: {err}") from None
 
 
 # ---------------------------------------------------------------------------------- encode

@@ -373,6 +373,22 @@ def validate_config(cfg: Any) -> Any:
     return cfg
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "fr-en"  # the shipped configs
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A config file, or a short name of one in ``configs/fr-en`` (``echostream``,
+    ``streamspeech_tiny``, …). Raises FileNotFoundError listing the known names."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"config_{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem.removeprefix("config_") for p in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"no config file {str(name_or_path)!r} (known names: {known})")
+
+
 def load_config(path: str | Path) -> EchoStreamConfig:
     """Read a YAML file into an :class:`EchoStreamConfig`; errors name the file and the key."""
     path = Path(path)

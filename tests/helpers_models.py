@@ -118,3 +118,17 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
         noise = amp * float(torch.rand(1, generator=g)) * torch.randn(3200, generator=g)
         parts.append(amp * torch.sin(2 * torch.pi * f * t) + noise)
     return torch.cat(parts).numpy().astype(np.float32)
+
+
+def assert_same_outputs(got: list[list], singles: list[list]) -> None:
+    """Per stream, the StepOutputs of a batched run equal those of the stream run alone: the
+    same source, target and unit ids (joined over steps) and the same audio (≤ 1e-5)."""
+    for i, (batched, alone) in enumerate(zip(got, singles, strict=True)):
+        for name in ("asr_ids", "target_ids", "units"):
+            joined = [x for o in batched for x in getattr(o, name)]
+            assert joined == [x for o in alone for x in getattr(o, name)], (i, name)
+        np.testing.assert_allclose(
+            torch.cat([o.audio for o in batched]).numpy(),
+            torch.cat([o.audio for o in alone]).numpy(),
+            atol=1e-5,
+        )

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers_models import busy_model, speechlike
+from helpers_models import assert_same_outputs, busy_model, speechlike
 from torch.utils.flop_counter import FlopCounterMode
 
 from echostream.bench.longstream import count_cpu_attention_flops
@@ -199,14 +199,7 @@ def test_batched_streams_with_different_reset_times_equal_single_runs():
     assert len({tuple(e) for e in ends}) == 3  # the streams reset at different steps
     for i in range(3):
         assert [o.segment_end for o in got[i]] == [o.segment_end for o in singles[i]]
-        for name in ("asr_ids", "target_ids", "units"):
-            joined = [x for o in got[i] for x in getattr(o, name)]
-            assert joined == [x for o in singles[i] for x in getattr(o, name)], (i, name)
-        np.testing.assert_allclose(
-            torch.cat([o.audio for o in got[i]]).numpy(),
-            torch.cat([o.audio for o in singles[i]]).numpy(),
-            atol=1e-5,
-        )
+    assert_same_outputs(got, singles)
 
 
 def test_history_off_keeps_nothing_but_the_current_sentence():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers_models import busy_model, speechlike
+from helpers_models import assert_same_outputs, busy_model, speechlike
 
 from echostream.streaming.core import IncrementalCore, TranslatorState
 from echostream.streaming.translator import StreamingTranslator
@@ -95,15 +95,7 @@ def test_batched_streams_started_at_different_times_equal_single_runs():
             torch.zeros(1, 0), torch.zeros(1, dtype=torch.long), states[i], final=True
         )
         got[i] += out
-    for i in range(3):
-        for name in ("asr_ids", "target_ids", "units"):
-            joined = [x for o in got[i] for x in getattr(o, name)]
-            assert joined == [x for o in singles[i] for x in getattr(o, name)], (i, name)
-        np.testing.assert_allclose(
-            torch.cat([o.audio for o in got[i]]).numpy(),
-            torch.cat([o.audio for o in singles[i]]).numpy(),
-            atol=1e-5,
-        )
+    assert_same_outputs(got, singles)
 
 
 class _FakeTokenizer:

@@ -33,12 +33,11 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
-from ..config import load_config
+from ..config import CONFIG_DIR, load_config
 from ..models.conformer import ChunkConformer
 from ..models.emformer import Emformer
 
 FRAME_MS = 40  # one encoder frame (10 ms fbank hop × 4 subsampling)
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "fr-en"
 # Recompute utterances longer than this are extrapolated from measured single calls (full run;
 # quick mode measures only the 1 s utterance directly and extrapolates 10 s, said in the table).
 DIRECT_RECOMPUTE_LIMIT_S = {False: 10, True: 1}

@@ -45,7 +45,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..audio.io import load_audio
-from ..config import load_config
+from ..config import config_path, load_config
 from ..models import build_model
 from ..models.echostream import TEXT_CTC_SUPPRESS, EchoStreamModel
 from ..models.unit_vocoder import UnitVocoder, UnitVocoderConfig
@@ -54,23 +54,10 @@ from .encoder import machine_info  # importing it registers the CPU SDPA formula
 from .pipeline_report import STAGES, WINDOW_S, plot, poly, render_doc, render_markdown
 
 REPO_DIR = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO_DIR / "configs" / "fr-en"
 SAMPLES_DIR = REPO_DIR / "echostream" / "assets" / "samples"
 DEFAULT_VOCODER = PRETRAINED_DIR / "vocoder-tiny" / "vocoder.pt"
 FRAME_S = 0.04  # one encoder frame
 QUICK = {"lengths": [1, 2, 3], "recompute_max_s": 2, "chunks": [160]}
-
-
-def config_path(name_or_path: str) -> Path:
-    """A config file, or a short name such as ``echostream`` / ``streamspeech_tiny``."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    candidate = CONFIG_DIR / f"config_{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = ", ".join(sorted(p.stem.removeprefix("config_") for p in CONFIG_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"no config file {name_or_path!r} (known names: {known})")
 
 
 # ----------------------------------------------------------------------------- contenders

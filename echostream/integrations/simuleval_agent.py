@@ -52,10 +52,10 @@ from simuleval.agents.actions import Action
 from simuleval.data.segments import SpeechSegment
 from simuleval.utils import entrypoint
 
-from echostream.models.checkpoint import load_checkpoint
 from echostream.models.echostream import EchoStreamModel
 from echostream.models.unit_vocoder import UnitVocoder
-from echostream.streaming.translator import Event, StreamingTranslator, load_pretrained
+from echostream.streaming.translator import Event, StreamingTranslator
+from echostream.streaming.translator import load_model as load_model_by_name
 
 DEFAULT_MODEL = "echostream-tiny-fr-en"
 _DELAY_TOLERANCE_MS = 1e-6
@@ -117,14 +117,7 @@ def load_model(cfg: SimulEvalAgentConfig) -> tuple[EchoStreamModel, UnitVocoder 
     """The model (bundled/folder or checkpoint) and the vocoder (``--vocoder`` wins)."""
     if cfg.model is not None and cfg.checkpoint is not None:
         raise ValueError("give --model or --checkpoint, not both")
-    if cfg.checkpoint is not None:
-        model, _ = load_checkpoint(cfg.checkpoint)
-        vocoder = None
-    else:
-        model, vocoder = load_pretrained(cfg.model or DEFAULT_MODEL)
-    if cfg.vocoder is not None:
-        vocoder = UnitVocoder.load(cfg.vocoder)
-    return model, vocoder
+    return load_model_by_name(cfg.model or DEFAULT_MODEL, cfg.checkpoint, cfg.vocoder)
 
 
 def check_segment_size(segment_ms: int | None, chunk_ms: int, sample_rate: int) -> None:

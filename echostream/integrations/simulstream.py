@@ -138,22 +138,14 @@ def _plain(value):
 
 def load_model_and_vocoder(cfg: ProcessorConfig):
     """(EchoStreamModel, UnitVocoder | None) as ``cfg`` names them; nothing is downloaded."""
-    from ..models.checkpoint import load_checkpoint
-    from ..models.unit_vocoder import UnitVocoder
-    from ..streaming.translator import load_pretrained
+    from ..streaming.translator import load_model
 
-    if cfg.checkpoint:
-        if not Path(cfg.checkpoint).is_file():
-            raise FileNotFoundError(
-                f"simulstream processor config: checkpoint: no file {cfg.checkpoint}"
-            )
-        model, _ = load_checkpoint(cfg.checkpoint)
-        vocoder = None
-    else:
-        model, vocoder = load_pretrained(cfg.model)
-    if cfg.vocoder:
-        vocoder = UnitVocoder.load(cfg.vocoder)
-    return model.eval(), (vocoder.eval() if vocoder is not None and cfg.speech_output else None)
+    if cfg.checkpoint and not Path(cfg.checkpoint).is_file():
+        raise FileNotFoundError(
+            f"simulstream processor config: checkpoint: no file {cfg.checkpoint}"
+        )
+    model, vocoder = load_model(cfg.model, cfg.checkpoint or None, cfg.vocoder or None)
+    return model, (vocoder if cfg.speech_output else None)
 
 
 class EchoStreamProcessor(SpeechProcessor):

@@ -87,17 +87,9 @@ class ServeConfig:
 
 
 def load_model(cfg: ServeConfig) -> tuple[EchoStreamModel, UnitVocoder | None]:
-    from ..models.checkpoint import load_checkpoint
-    from ..streaming.translator import load_pretrained
+    from ..streaming.translator import load_model
 
-    if cfg.checkpoint:
-        model, _ = load_checkpoint(cfg.checkpoint)
-        vocoder = None
-    else:
-        model, vocoder = load_pretrained(cfg.model)
-    if cfg.vocoder:
-        vocoder = UnitVocoder.load(cfg.vocoder)
-    return model.eval(), vocoder
+    return load_model(cfg.model, cfg.checkpoint or None, cfg.vocoder or None)
 
 
 def _json(payload: dict) -> str:

@@ -80,6 +80,21 @@ def load_pretrained(name_or_dir: str | Path) -> tuple[EchoStreamModel, UnitVocod
     return model, vocoder
 
 
+def load_model(
+    name_or_dir: str | Path, checkpoint: str | Path | None = None, vocoder: str | Path | None = None
+) -> tuple[EchoStreamModel, UnitVocoder | None]:
+    """A model as the tools name it: ``checkpoint`` (an EchoStream checkpoint file, no vocoder)
+    if given, else the bundled model or folder ``name_or_dir`` (:func:`load_pretrained`);
+    ``vocoder`` (a unit vocoder file) replaces the model's own. Both in eval mode."""
+    if checkpoint is not None:
+        model, _ = load_checkpoint(checkpoint)
+        own_vocoder = None
+    else:
+        model, own_vocoder = load_pretrained(name_or_dir)
+    voc = UnitVocoder.load(vocoder) if vocoder is not None else own_vocoder
+    return model.eval(), (voc.eval() if voc is not None else None)
+
+
 class StreamingTranslator:
     """One live stream through the simultaneous pipeline (see module docstring)."""
 
