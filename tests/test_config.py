@@ -86,6 +86,10 @@ def test_partial_config_takes_defaults(tmp_path):
         ({"model": "streamspeech"}, "encoder.type: model 'streamspeech' needs encoder type"),
         ({"features": 3}, "features: expected a mapping"),
         ({"encoder": {"emformer": {"dropout": 1.5}}}, "encoder.emformer.dropout: must be in"),
+        (
+            {"unit_decoder": {"attention_dropout": 1.0}},
+            "unit_decoder.attention_dropout: must be in",
+        ),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path, data, expected):

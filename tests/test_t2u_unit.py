@@ -176,3 +176,22 @@ def test_units_greedy_collapse_golden_and_incremental():
         n = torch.tensor([hi - lo, max(0, min(3, hi) - lo)])
         _, _, state = greedy_ctc_stream(logits[:, lo:hi], n, state, UNIT_ID_OFFSET)
     assert ids_to_lists(state.tokens, state.num_tokens) == [[3, 3, 0, 9], [2]]
+
+
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.5])
+def test_attention_dropout_is_its_own_setting(attention_dropout):
+    """In training mode with dropout 0, only attention_dropout makes two passes differ."""
+    torch.manual_seed(0)
+    cfg = UnitDecoderConfig(
+        num_layers=1,
+        d_model=32,
+        num_heads=4,
+        ffn_dim=64,
+        dropout=0.0,
+        attention_dropout=attention_dropout,
+        upsample_rate=RATE,
+    )
+    decoder = UnitDecoder(cfg, UNITS, 16).train()
+    x, lengths = torch.randn(2, 5, 16), torch.tensor([5, 3])
+    first, second = decoder(x, lengths)[0], decoder(x, lengths)[0]
+    assert torch.equal(first, second) == (attention_dropout == 0.0)

@@ -153,13 +153,15 @@ class TransformerLayer(nn.Module):
         dropout: float = 0.0,
         d_memory: int | None = None,
         cross_attention: bool = False,
+        attention_dropout: float | None = None,
     ) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
+        p_attn = dropout if attention_dropout is None else attention_dropout
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=p_attn)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
         self.encoder_attn = self.encoder_attn_layer_norm = None
         if cross_attention:
-            self.encoder_attn = MultiHeadAttention(d_model, num_heads, d_memory, dropout)
+            self.encoder_attn = MultiHeadAttention(d_model, num_heads, d_memory, p_attn)
             self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
         self.fc1 = nn.Linear(d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, d_model)

@@ -54,7 +54,13 @@ class T2UEncoder(nn.Module):
         self.d_model, self.num_heads, self.head_dim = d, cfg.num_heads, d // cfg.num_heads
         self.input_proj = nn.Linear(d_in, d) if d_in != d else None
         self.layers = nn.ModuleList(
-            TransformerLayer(d, cfg.num_heads, cfg.ffn_dim, cfg.dropout)
+            TransformerLayer(
+                d,
+                cfg.num_heads,
+                cfg.ffn_dim,
+                cfg.dropout,
+                attention_dropout=cfg.attention_dropout,
+            )
             for _ in range(cfg.num_layers)
         )
         self.layer_norm = nn.LayerNorm(d) if cfg.num_layers else None

@@ -79,7 +79,13 @@ class UnitDecoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
             TransformerLayer(
-                d, cfg.num_heads, cfg.ffn_dim, cfg.dropout, d_memory=d_in, cross_attention=True
+                d,
+                cfg.num_heads,
+                cfg.ffn_dim,
+                cfg.dropout,
+                d_memory=d_in,
+                cross_attention=True,
+                attention_dropout=cfg.attention_dropout,
             )
             for _ in range(cfg.num_layers)
         )
