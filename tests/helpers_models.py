@@ -69,7 +69,8 @@ def tiny_config(
     )
     conformer_fields = dict(body, conv_kernel_size=5, chunk_size=4)
     dec_model, dec_heads, dec_ffn = decoder_dims or (d_model, num_heads, ffn_dim)
-    dec = {"d_model": dec_model, "num_heads": dec_heads, "ffn_dim": dec_ffn, "dropout": 0.0}
+    dec = {"d_model": dec_model, "num_heads": dec_heads, "ffn_dim": dec_ffn}
+    dec |= {"dropout": 0.0, "attention_dropout": 0.0}
     ctc = {} if ctc_left_context is None else {"left_context_length": ctc_left_context}
     loss = {} if label_smoothing is None else {"label_smoothing": label_smoothing}
     cfg = EchoStreamConfig(
