@@ -279,9 +279,12 @@ def match(received_16k: np.ndarray, source: np.ndarray, block: int = 4000) -> np
     return np.array(rows)
 
 
-def check_page_against_server(page: Page, model, received: dict) -> tuple[dict, np.ndarray]:
+def check_page_against_server(
+    page: Page, model, received: dict
+) -> tuple[dict, np.ndarray, StreamingTranslator]:
     """Everything the page shows and counted equals the server's answer and the reference on
-    the PCM the server received. Returns (page state, that PCM resampled to 16 kHz)."""
+    the PCM the server received. Returns (page state, that PCM resampled to 16 kHz, the
+    reference translator)."""
     page.wait_for("echostream.playedSamples === echostream.audioSamples")  # speech played out
     state = page.state()
     assert state["done"] and state["error"] is None, state
@@ -317,7 +320,7 @@ def check_page_against_server(page: Page, model, received: dict) -> tuple[dict, 
     assert state["lastTimeS"] == events[-1].time_s == ref.samples_in / 16000
     latency = page.evaluate("document.getElementById('latency').textContent")
     assert f"at {events[-1].time_s:.2f} s of source" in latency, latency
-    return state, soxr.resample(pcm, received["rate"], 16000)
+    return state, soxr.resample(pcm, received["rate"], 16000), ref
 
 
 # ---------------------------------------------------------------------------------- tests
@@ -336,7 +339,7 @@ def test_microphone_stream_shows_and_plays_the_servers_translation(browser, serv
     assert not live["done"] and live["lastTimeS"] > 0 and live["computeMs"] is not None
     page.evaluate("document.getElementById('stop').click()")
     page.wait_for("echostream.done || echostream.error !== null")
-    state, received = check_page_against_server(page, model, recorder.only_stream())
+    state, received, _ = check_page_against_server(page, model, recorder.only_stream())
     assert state["source"] == "microphone" and state["sampleRate"] != 16000
     assert state["capturedSamples"] == state["sentSamples"]  # the tail was flushed at stop
     # the capture path (worklet frames, mono mix, announced rate): the server got the sample
@@ -356,7 +359,7 @@ def test_file_upload_streams_over_the_websocket(browser, server, model, fast):
     started = page.new_stream()
     page.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(SAMPLE)])
     page.wait_for(f"{started} && (echostream.done || echostream.error !== null)")
-    state, received = check_page_against_server(page, model, recorder.only_stream())
+    state, received, _ = check_page_against_server(page, model, recorder.only_stream())
     assert state["source"] == "file"
     source = sample_16k()  # decodeAudioData resampled it to the context's rate; sent whole
     assert abs(len(received) - len(source)) <= 2
@@ -382,10 +385,12 @@ def test_fast_upload_of_a_file_longer_than_the_servers_backlog_limit(
         page.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(path)])
         page.wait_for(f"{started} && (echostream.done || echostream.error !== null)")
         assert page.state()["ready"]["max_buffer_seconds"] == 3.0
-        state, received = check_page_against_server(page, model, recorder.only_stream())
+        state, received, ref = check_page_against_server(page, model, recorder.only_stream())
     finally:
         recorder.config.max_buffer_seconds = limit
     assert state["source"] == "file" and len(source) / 16000 > 4 * 3.0
+    # the page joined several sentences' texts (each message carries its own sentence)
+    assert len({e.segment for e in ref.events if e.kind == "text" and e.text}) >= 2
     assert abs(len(received) - len(source)) <= 2
 
 

@@ -109,8 +109,35 @@ def test_segmented_incremental_equals_recompute(variant):
     assert key == [(e.kind, e.time_s, e.ids, e.segment) for e in rec.events if e.kind != "audio"]
     texts = [e for e in inc.events if e.kind == "text"]
     assert {e.segment for e in texts} >= {0, 1, 2}
-    # the sentences' texts are joined; deltas add up to the translation
-    assert "".join(e.delta for e in texts).split() == inc.translation.split()
+    # an event carries its sentence; per sentence the deltas add up to its last text, and the
+    # sentences joined are the translation
+    sentences = {}
+    for e in texts:
+        assert e.text == sentences.get(e.segment, "") + e.delta
+        sentences[e.segment] = e.text
+    assert " ".join(sentences[s] for s in sorted(sentences)) == inc.translation
+
+
+def test_closing_a_sentence_completes_its_last_word():
+    """instance_log: a word is complete once followed by another in its sentence, or when its
+    sentence closes (not when the next sentence's first text arrives)."""
+    model, vocoder = pause_model()
+    tr = run(model, vocoder, talk(9.0, seed=1))
+    last = {}  # sentence -> its final text
+    for e in tr.events:
+        if e.kind == "text":
+            last[e.segment] = e.text
+    log = tr.instance_log()
+    assert log.words == " ".join(last[s] for s in sorted(last)).split()
+    checked, end = 0, 0
+    for s in sorted(last):
+        end += len(last[s].split())
+        if s + 1 < len(tr.segment_ends) and last[s]:  # closed before the end of the stream
+            # before: the next sentence's first text, or the end of the stream (both later)
+            assert tr.segment_ends[s] < tr.segment_ends[-1]
+            assert log.word_delays_ms[end - 1] == pytest.approx(1000 * tr.segment_ends[s])
+            checked += 1
+    assert checked >= 1
 
 
 def test_the_eos_rule_closes_sentences_the_other_rules_do_not():

@@ -71,8 +71,12 @@ def assert_same(got: dict, ref: StreamingTranslator, audio_lsb: int = 0) -> None
     audio segment (time, length), the final texts and units; the 16-bit speech exactly, or
     within ``audio_lsb`` when batched (float round-off of batched matmuls)."""
     events = [m for m in got["events"] if m["type"] != "audio"]
-    text = [(m["type"], m["time_s"], m["text"], m["delta"]) for m in events]
-    want = [(e.kind, e.time_s, e.text, e.delta) for e in ref.events if e.kind in ("asr", "text")]
+    text = [(m["type"], m["time_s"], m["segment"], m["text"], m["delta"]) for m in events]
+    want = [
+        (e.kind, e.time_s, e.segment, e.text, e.delta)
+        for e in ref.events
+        if e.kind in ("asr", "text")
+    ]
     assert text == want
     audio = [(m["time_s"], m["samples"]) for m in got["events"] if m["type"] == "audio"]
     assert audio == [(e.time_s, len(e.audio)) for e in ref.events if e.kind == "audio"]

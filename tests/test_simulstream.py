@@ -108,14 +108,16 @@ def _run_like_simulstream_inference(processor, wav: Path, log: Path, client_id: 
 
 def _word_delays(translator: StreamingTranslator) -> list[float]:
     """Per word of the translation: source time of the last text event that changed it."""
-    delays, words = [], []
+    delays, words, start, segment = [], [], 0, 0
     for event in (e for e in translator.events if e.kind == "text"):
-        new = event.text.split()  # the whole translation so far
+        if event.segment != segment:  # a new sentence: its words follow the closed ones
+            start, words, segment = len(delays), [], event.segment
+        new = event.text.split()  # the sentence so far
         for i, word in enumerate(new):
             if i >= len(words):
                 delays.append(event.time_s)
             elif words[i] != word:
-                delays[i] = event.time_s
+                delays[start + i] = event.time_s
         words = new
     return delays
 

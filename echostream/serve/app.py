@@ -216,9 +216,8 @@ def create_app(
         events = []
         for e in stream.events:
             if e.kind in ("asr", "text"):
-                events.append(
-                    {"type": e.kind, "time_s": e.time_s, "text": e.text, "delta": e.delta}
-                )
+                text = {"segment": e.segment, "text": e.text, "delta": e.delta}
+                events.append({"type": e.kind, "time_s": e.time_s, **text})
             elif e.kind == "audio":
                 events.append({"type": "audio", "time_s": e.time_s, "samples": len(e.audio)})
         del done["type"]

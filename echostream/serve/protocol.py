@@ -11,8 +11,9 @@ Server → client (text JSON, plus one binary frame after each ``audio`` message
 
     {"type": "ready", "stream_id", "sample_rate_out": 16000, "chunk_ms", "max_message_bytes",
      "max_seconds", "max_buffer_seconds"}
-    {"type": "asr" | "text", "text": whole text so far, "delta", "time_s", "compute_ms",
-     "batch_size"}
+    {"type": "asr" | "text", "segment": sentence index (from 0), "text": that sentence so far,
+     "delta": what this message added to it, "time_s", "compute_ms", "batch_size"}
+                                                # a higher "segment" starts a new sentence
     {"type": "audio", "time_s", "samples": N, "compute_ms"} + N s16le 16 kHz mono samples
     {"type": "progress", "time_s", "compute_ms", "batch_size", "server_ms", "final"}
                                                 # only with "progress": true, after every step
@@ -173,6 +174,7 @@ def event_messages(event: Event, batch_size: int) -> list[dict | bytes]:
         return [
             {
                 "type": event.kind,
+                "segment": event.segment,
                 "text": event.text,
                 "delta": event.delta,
                 **base,

@@ -15,9 +15,10 @@ sensible). ``mode="incremental"`` runs every stage on new data only (EchoStream)
 Long streams (a talk, an hour) are cut into sentences by ``segmenter``
 (:class:`~echostream.streaming.segmenter.SegmenterConfig`; on by default, it never fires on a
 short utterance without a pause): every stage's state and per-step compute stay bounded. Text
-events decode only the current sentence (the sentences before are kept as text), and with
-``history=False`` the translator keeps nothing of the past (no events, audio, ids or step
-times; ``Event.text`` is then the current sentence), so its memory is flat too.
+events carry the current sentence only (``Event.text``/``delta``, sentence ``Event.segment``;
+:attr:`StreamingTranslator.translation` joins the sentences), so an event's size and the work
+to make it do not grow with the stream; with ``history=False`` the translator also keeps nothing
+of the past (no events, audio, ids or step times), so its memory is flat too.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ class Event:
     time_s: float
     compute_ms: float
     total_compute_ms: float = 0.0  # compute of the stream so far, this step included
-    text: str = ""  # asr/text: the whole text so far
-    delta: str = ""  # asr/text: what this event added
+    text: str = ""  # asr/text: the text of the current sentence (``segment``) so far
+    delta: str = ""  # asr/text: what this event added to it
     ids: list[int] = field(default_factory=list)  # new token ids or unit ids
     audio: np.ndarray | None = None  # float32 16 kHz samples (audio events)
     segment: int = 0  # the sentence (segment) of the stream it belongs to, from 0
@@ -155,8 +156,9 @@ class StreamingTranslator:
         self.finished = False
         self.segment = 0  # the current sentence
         self.segment_ends: list[float] = []  # source time at which each sentence was closed
-        # per kind ("asr", "text"): text of the closed sentences, ids of the current one
-        self._done = {"asr": "", "text": ""}
+        self._close_compute_ms: list[float] = []  # compute of the stream when each was closed
+        # per kind ("asr", "text"): texts of the closed sentences, ids of the current one
+        self._done: dict[str, list[str]] = {"asr": [], "text": []}
         self._current: dict[str, list[int]] = {"asr": [], "text": []}
 
     # ------------------------------------------------------------------ input
@@ -251,8 +253,7 @@ class StreamingTranslator:
             current += new
             if self.history:
                 ids += new
-            before = _join(self._done[kind], before)
-            text = _join(self._done[kind], self._decode(tok, current))
+            text = self._decode(tok, current)
             delta = text[len(before) :] if text.startswith(before) else text
             events.append(
                 Event(kind, time_s, compute_ms, total_ms, text, delta, list(new), segment=seg)
@@ -271,12 +272,13 @@ class StreamingTranslator:
         if out.segment_end:  # the sentence is closed: its text is final
             tokenizers = {"asr": self.model.src_tokenizer, "text": self.model.tgt_tokenizer}
             for kind, tok in tokenizers.items():
-                sentence = self._decode(tok, self._current[kind]) if self.history else ""
-                self._done[kind] = _join(self._done[kind], sentence)
+                if self.history and self._current[kind]:
+                    self._done[kind].append(self._decode(tok, self._current[kind]))
                 self._current[kind] = []
             self.segment += 1
             if self.history:
                 self.segment_ends.append(time_s)
+                self._close_compute_ms.append(total_ms)
         return events
 
     @staticmethod
@@ -295,8 +297,9 @@ class StreamingTranslator:
     @property
     def translation(self) -> str:
         """The translation so far (its sentences joined by spaces)."""
-        text = self._decode(self.model.tgt_tokenizer, self._current["text"])
-        return _join(self._done["text"], text)
+        return _join(
+            self._done["text"], self._decode(self.model.tgt_tokenizer, self._current["text"])
+        )
 
     def output_audio(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
@@ -307,24 +310,33 @@ class StreamingTranslator:
     def instance_log(self, reference: str | None = None, index: int = 0) -> InstanceLog:
         """The stream's outputs with their timing, for SimulEval-style latency metrics: each
         target word is delayed by the source time at which it was emitted (a word counts once
-        it is followed by another or the stream ended), each audio segment likewise; elapsed
-        times add the compute spent so far."""
+        it is followed by another in its sentence, or its sentence was closed: the end of the
+        stream closes the last one), each audio segment likewise; elapsed times add the compute
+        spent so far."""
         log = InstanceLog(
             source_length_ms=1000 * self.samples_in / self.sample_rate,
             reference=reference,
             index=index,
         )
         total = self.compute_s * 1000
-        logged, words = 0, []
+        segment, logged, words = 0, 0, []
+
+        def close(index: int) -> None:  # a closed sentence's last words are final
+            if index < len(self.segment_ends) and len(words) > logged:
+                time_ms = 1000 * self.segment_ends[index]
+                log.add_text(words[logged:], time_ms, self._close_compute_ms[index])
+
         for e in self.events:
             if e.kind != "text":
                 continue
+            if e.segment != segment:
+                close(segment)
+                segment, logged = e.segment, 0
             words = e.text.split()
             if len(words) - 1 > logged:  # all but the last word are complete
                 log.add_text(words[logged:-1], 1000 * e.time_s, e.total_compute_ms)
                 logged = len(words) - 1
-        if self.finished and len(words) > logged:  # the end of the source completes the rest
-            log.add_text(words[logged:], 1000 * self.samples_in / self.sample_rate, total)
+        close(segment)
         for e in self.events:
             if e.kind == "audio":
                 log.add_audio(len(e.audio), self.sample_rate, 1000 * e.time_s, e.total_compute_ms)
@@ -332,6 +344,6 @@ class StreamingTranslator:
         return log
 
 
-def _join(done: str, current: str) -> str:
+def _join(done: list[str], current: str) -> str:
     """Sentences joined by one space (a new sentence starts a new word)."""
-    return f"{done} {current}" if done and current else done or current
+    return " ".join([*done, current] if current else done)

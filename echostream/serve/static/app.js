@@ -33,8 +33,8 @@ const ui = {
 };
 
 const es = (window.echostream = {
-  transcript: "", // French transcript so far (last "asr" message)
-  translation: "", // English text so far (last "text" message)
+  transcript: "", // French transcript so far (its sentences joined)
+  translation: "", // English text so far (its sentences joined)
   audioSamples: 0, // 16 kHz samples received in binary frames
   done: false, // the server's "done" arrived
   start: startMicrophone,
@@ -46,6 +46,22 @@ let ctx = null; // one AudioContext for capture, file decoding and playback
 let workletLoaded = false;
 let session = null; // the stream in progress (one at a time)
 let generation = 0; // counts streams: speech of an earlier stream is not counted as played
+// Per kind: the closed sentences' text, and the sentence ("segment") the messages are about.
+let sentences = null;
+
+function newSentences() {
+  return { asr: { closed: "", segment: 0 }, text: { closed: "", segment: 0 } };
+}
+
+// An "asr"/"text" message carries its sentence so far; a higher segment closes the one before.
+function joinSentence(kind, msg, shown) {
+  const s = sentences[kind];
+  if (msg.segment !== s.segment) {
+    s.closed = shown; // the last text shown of the previous sentence(s) is final
+    s.segment = msg.segment;
+  }
+  return s.closed && msg.text ? `${s.closed} ${msg.text}` : s.closed || msg.text;
+}
 
 function resetState(source, sampleRate) {
   generation += 1;
@@ -68,6 +84,7 @@ function resetState(source, sampleRate) {
     error: null,
     done: false,
   });
+  sentences = newSentences();
   ui.transcript.textContent = ui.translation.textContent = "";
   ui.audioSamples.textContent = "0";
   ui.audioSeconds.textContent = "0.00";
@@ -141,11 +158,11 @@ function connect(sampleRate) {
 function onMessage(s, msg) {
   switch (msg.type) {
     case "asr":
-      es.transcript = ui.transcript.textContent = msg.text;
+      es.transcript = ui.transcript.textContent = joinSentence("asr", msg, es.transcript);
       showLatency(s, msg);
       break;
     case "text":
-      es.translation = ui.translation.textContent = msg.text;
+      es.translation = ui.translation.textContent = joinSentence("text", msg, es.translation);
       showLatency(s, msg);
       break;
     case "audio":
