@@ -30,19 +30,14 @@ from echostream.audio.features import GlobalCMVN
 from echostream.config import ConfigError, EchoStreamConfig, load_config
 from echostream.data.manifest import MANIFEST_COLUMNS, ManifestRow, write_manifest
 from echostream.text.tokenizer import train_tokenizer
+from echostream.training.checkpoints import read_checkpoint, training_state
 from echostream.training.config import SpecAugmentConfig, TrainingConfig, load_training_config
+from echostream.training.dev_metrics import corpus_bleu, corpus_wer
+from echostream.training.errors import TrainingError
 from echostream.training.logs import CSVLog
 from echostream.training.schedule import InverseSqrtSchedule, inverse_sqrt_lr
 from echostream.training.specaugment import SpecAugment
-from echostream.training.trainer import (
-    Trainer,
-    TrainingError,
-    corpus_bleu,
-    corpus_wer,
-    main_train,
-    read_checkpoint,
-    training_state,
-)
+from echostream.training.trainer import Trainer, main_train
 
 REPO = Path(__file__).resolve().parents[1]
 EMFORMER_CFG = REPO / "configs" / "fr-en" / "config_echostream_tiny.yaml"

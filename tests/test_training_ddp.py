@@ -19,7 +19,7 @@ from test_training import EMFORMER_CFG, StandIn, make_corpus, tcfg
 from echostream.config import load_config
 from echostream.data.manifest import read_manifest
 from echostream.data.sampler import BucketBatchSampler
-from echostream.training.trainer import read_checkpoint, training_state
+from echostream.training.checkpoints import read_checkpoint, training_state
 
 STEPS = 5
 

@@ -29,7 +29,7 @@ from ..models.checkpoint import (
 )
 from ..models.echostream import EchoStreamModel
 from ..models.unit_vocoder import UnitVocoder
-from .trainer import config_differences
+from .checkpoints import config_differences
 
 
 def average_checkpoints(paths: Sequence[Path]) -> tuple[EchoStreamModel, list[int | None]]:

@@ -15,28 +15,11 @@ process group is initialised from the environment (NCCL on GPU, gloo on CPU), th
 wrapped in ``DistributedDataParallel`` and each rank reads its own shard of every epoch's
 batches. Rank 0 evaluates, logs and writes checkpoints.
 
-Data directory ``D`` (the layout of ``echostream prepare synth``): ``{split}.tsv`` manifests,
-``spm/spm_fr.model`` and ``spm/spm_en.model`` (else the config's ``vocab.src_spm/tgt_spm``),
-``cmvn.json`` (optional) and ``fbank/{split}/{id}.npy`` (optional: else features come from
-``src_audio``). The output directory ``O`` is self-contained::
-
-    config.yaml          the model config as trained (vocab sizes from the data, paths below)
-    train_config.yaml    the training config of the latest (re)start
-    spm/, cmvn.json      copies of the tokenizers and CMVN statistics
-    last.pt              latest checkpoint (every ``save_every`` steps and at the end)
-    best.pt              lowest dev loss so far
-    ckpt_{step:08d}.pt   the ``keep_last`` most recent numbered checkpoints
-    train_log.csv        one row per step; dev_log.csv: one row per evaluation
-    train.log            messages; tb/ TensorBoard events when tensorboard is installed
-
-Every checkpoint is an EchoStream checkpoint (:mod:`echostream.models.checkpoint`: config,
-weights, CMVN, tokenizers; ``echostream.models.load_checkpoint`` loads it for inference) whose
-``extra["training"]`` holds what a resume needs — optimiser, schedule, AMP scaler, sampler epoch
-and position, step, best dev loss, and the RNG states of every rank (torch, CUDA, numpy, Python,
-and the generator that draws SpecAugment masks and chunk sizes) — so a run killed at any moment
-continues from its last checkpoint on the same loss curve. Files are written to a temp name and
-renamed; ``last.pt``, ``best.pt`` and the numbered file of one step are hard links to one write.
-SIGTERM/SIGINT stop a run cleanly after the current step (with a checkpoint).
+The data directory ``D`` is described in :mod:`echostream.training.data`, the run folder ``O``
+(checkpoints with the full training state for an exact resume, logs, config copies) in
+:mod:`echostream.training.checkpoints`, the dev WER/BLEU in
+:mod:`echostream.training.dev_metrics`. SIGTERM/SIGINT stop a run cleanly after the current step
+(with a checkpoint).
 """
 
 from __future__ import annotations
@@ -45,14 +28,11 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -71,29 +51,35 @@ from echostream.config import (
     load_config,
     save_config,
 )
-from echostream.data.manifest import Manifest, ManifestError, read_manifest
+from echostream.data.manifest import ManifestError
 from echostream.data.sampler import BucketBatchSampler, S2STDataset, collate
 from echostream.text.normalize import normalize
-from echostream.text.tokenizer import Tokenizer, TokenizerError
+from echostream.text.tokenizer import TokenizerError
+from echostream.training.checkpoints import (
+    TRAINING_STATE_FORMAT,
+    TRAINING_STATE_VERSION,
+    atomic_link,
+    atomic_torch_save,
+    config_differences,
+    copy_if_other,
+    read_checkpoint,
+    training_state,
+)
 from echostream.training.config import (
     TrainingConfig,
     load_training_config,
     save_training_config,
 )
+from echostream.training.data import file_sha256, load_training_data, resolve_model_config
+from echostream.training.dev_metrics import corpus_bleu, corpus_wer, decode_for_eval
+from echostream.training.errors import TrainingError
 from echostream.training.logs import CSVLog, Progress, TensorBoardLog
 from echostream.training.schedule import InverseSqrtSchedule
 from echostream.training.specaugment import SpecAugment
 
-TRAINING_STATE_FORMAT = "echostream-training-state"
-TRAINING_STATE_VERSION = 1
-_PATH_KEYS = ("features.cmvn_path", "vocab.src_spm", "vocab.tgt_spm")
 REPO_DIR = Path(__file__).resolve().parents[2]
 
 ModelFactory = Callable[[EchoStreamConfig], nn.Module]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or continue; the message says why and what to do."""
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -105,43 +91,6 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def _is_architecture_key(key: str, cfg: dict) -> bool:
-    """Keys that change the parameters' meaning (not loss weights, dropout, schedules)."""
-    if key.startswith("loss.") or key.endswith("dropout"):
-        return False
-    if key in ("features.dither", "encoder.conformer.train_chunk_sizes"):
-        return False
-    unused = "conformer" if cfg.get("encoder", {}).get("type") == "emformer" else "emformer"
-    return not key.startswith(f"encoder.{unused}.")
-
-
-def config_differences(old: dict, new: dict) -> tuple[list[str], list[str]]:
-    """(architecture differences, other differences) between two model-config dicts, each
-    ``"key: old → new"``. File paths (tokenizers, CMVN) are not compared."""
-    a, b = _flatten(old), _flatten(new)
-    arch, other = [], []
-    for key in sorted(set(a) | set(b)):
-        if key not in _PATH_KEYS and a.get(key) != b.get(key):
-            line = f"{key}: {a.get(key, '<absent>')!r} → {b.get(key, '<absent>')!r}"
-            (arch if _is_architecture_key(key, new) else other).append(line)
-    return arch, other
-
-
 def _is_oom(err: BaseException) -> bool:
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return True
@@ -151,66 +100,10 @@ def _is_oom(err: BaseException) -> bool:
     )
 
 
-def word_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance between two word sequences (substitutions, insertions, deletions)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, start=1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
-
-
-def corpus_wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Word error rate in percent: total edits / total reference words."""
-    words = sum(len(r.split()) for r in refs)
-    edits = sum(word_errors(r.split(), h.split()) for r, h in zip(refs, hyps, strict=True))
-    return 100.0 * edits / max(words, 1)
-
-
-def corpus_bleu(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    import sacrebleu
-
-    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score)
-
-
 def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is a normal file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _copy_if_other(src: Path, dst: Path) -> None:
-    if src.is_file() and src.resolve() != dst.resolve():
-        shutil.copyfile(src, dst)
-
-
-def _atomic_link(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same file as ``src`` (hard link, else a copy), atomically."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -246,149 +139,6 @@ def setup_runtime(tcfg: TrainingConfig) -> Runtime:
     if distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return Runtime(rank, world, local_rank, device, distributed)
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass
-class TrainingData:
-    """The corpus as the trainer sees it (see the module doc for the layout)."""
-
-    root: Path
-    train: Manifest
-    dev: Manifest
-    src_tokenizer: Tokenizer
-    tgt_tokenizer: Tokenizer
-    cmvn_path: Path | None
-    num_units: int | None  # from build.json, when the corpus says
-
-    def feature_dir(self, split: str) -> Path | None:
-        path = self.root / "fbank" / split
-        return path if path.is_dir() else None
-
-    def vocab_info(self) -> dict:
-        return {
-            "src": {
-                "vocab_size": self.src_tokenizer.vocab_size,
-                "sha256": file_sha256(self.src_tokenizer.path),
-            },
-            "tgt": {
-                "vocab_size": self.tgt_tokenizer.vocab_size,
-                "sha256": file_sha256(self.tgt_tokenizer.path),
-            },
-        }
-
-
-def load_training_data(
-    data_dir: str | os.PathLike, cfg: EchoStreamConfig, tcfg: TrainingConfig
-) -> TrainingData:
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise TrainingError(
-            f"--data {root}: not a directory (build one with `echostream prepare synth --out DIR`)"
-        )
-    num_units = None
-    build = root / "build.json"
-    if build.is_file():
-        info = json.loads(build.read_text(encoding="utf-8"))
-        if not info.get("complete", False):
-            raise TrainingError(f"{root}: corpus build is not complete; re-run `prepare` on it")
-        num_units = info.get("settings", {}).get("num_units")
-
-    def tokenizer(name: str, fallback: str | None, which: str) -> Tokenizer:
-        path = root / "spm" / name
-        if not path.is_file():
-            if fallback is None:
-                raise TrainingError(
-                    f"{root}: no {path.relative_to(root)} and no "
-                    f"vocab.{which}_spm in the model config"
-                )
-            path = Path(fallback)
-        return Tokenizer(path)
-
-    src_tok = tokenizer("spm_fr.model", cfg.vocab.src_spm, "src")
-    tgt_tok = tokenizer("spm_en.model", cfg.vocab.tgt_spm, "tgt")
-    cmvn = root / "cmvn.json"
-    cmvn_path = (
-        cmvn
-        if cmvn.is_file()
-        else (Path(cfg.features.cmvn_path) if cfg.features.cmvn_path else None)
-    )
-    units = num_units if (tcfg.vocab_from_data and num_units) else cfg.vocab.num_units
-
-    def manifest(split: str) -> Manifest:
-        m = read_manifest(root / f"{split}.tsv", num_units=units)
-        if len(m) == 0:
-            raise TrainingError(f"{m.path}: empty manifest (a header and no utterances)")
-        return m
-
-    return TrainingData(
-        root,
-        manifest(tcfg.train_split),
-        manifest(tcfg.dev_split),
-        src_tok,
-        tgt_tok,
-        cmvn_path,
-        num_units,
-    )
-
-
-def resolve_model_config(
-    cfg: EchoStreamConfig, data: TrainingData, tcfg: TrainingConfig
-) -> EchoStreamConfig:
-    """A copy of ``cfg`` whose vocabulary and CMVN are the data's (``vocab_from_data``), or an
-    error when they disagree."""
-    cfg = config_from_dict(config_to_dict(cfg))
-    sizes = {
-        "src_vocab_size": data.src_tokenizer.vocab_size,
-        "tgt_vocab_size": data.tgt_tokenizer.vocab_size,
-    }
-    if data.num_units:
-        sizes["num_units"] = int(data.num_units)
-    for name, size in sizes.items():
-        if getattr(cfg.vocab, name) != size:
-            if not tcfg.vocab_from_data:
-                raise TrainingError(
-                    f"vocab mismatch: model config vocab.{name} = {getattr(cfg.vocab, name)} but "
-                    f"the data has {size} ({data.root}); set it to {size} or set "
-                    "vocab_from_data: true in the training config"
-                )
-            setattr(cfg.vocab, name, size)
-    cfg.vocab.src_spm, cfg.vocab.tgt_spm = (
-        str(data.src_tokenizer.path),
-        str(data.tgt_tokenizer.path),
-    )
-    cfg.features.cmvn_path = str(data.cmvn_path) if data.cmvn_path else None
-    return cfg
-
-
-# --------------------------------------------------------------------------- evaluation hooks
-
-
-def _decode_for_eval(model: nn.Module, batch: dict) -> tuple[list | None, list | None]:
-    """Greedy ASR (CTC head) and ST (MT decoder) token ids of a batch, when the model can.
-
-    :class:`~echostream.models.EchoStreamModel`: one batched encoder pass
-    (``outputs(need=("asr_ctc",))``), greedy CTC on the ASR head (unk/bos/eos suppressed, as
-    ``translate``) and the MT decoder's batched ``greedy_decode``. Other models may define
-    ``greedy_asr(batch)`` / ``greedy_st(batch)`` (each ``-> list[list[int]]``); a model with
-    neither gets no WER/BLEU.
-    """
-    if hasattr(model, "greedy_asr") or hasattr(model, "greedy_st"):
-        asr = model.greedy_asr(batch) if hasattr(model, "greedy_asr") else None
-        st = model.greedy_st(batch) if hasattr(model, "greedy_st") else None
-        return asr, st
-    if hasattr(model, "outputs") and hasattr(model, "mt_decoder"):
-        from echostream.models.ctc import greedy_ctc, ids_to_lists
-        from echostream.models.echostream import TEXT_CTC_SUPPRESS
-
-        out = model.outputs(batch, need=("asr_ctc",))
-        ids, counts = greedy_ctc(out.asr_logits, out.enc_len, suppress=TEXT_CTC_SUPPRESS)
-        tokens, lengths = model.mt_decoder.greedy_decode(out.enc, out.enc_len)
-        st = [row[: int(n)] for row, n in zip(tokens.tolist(), lengths.tolist(), strict=True)]
-        return ids_to_lists(ids, counts), st
-    return None, None
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -664,9 +414,9 @@ class Trainer:
         (self.out / "spm").mkdir(parents=True, exist_ok=True)
         for tok, name in ((self.data.src_tokenizer, "spm_fr"), (self.data.tgt_tokenizer, "spm_en")):
             for suffix in (".model", ".vocab"):
-                _copy_if_other(tok.path.with_suffix(suffix), self.out / "spm" / f"{name}{suffix}")
+                copy_if_other(tok.path.with_suffix(suffix), self.out / "spm" / f"{name}{suffix}")
         if self.data.cmvn_path is not None:
-            _copy_if_other(self.data.cmvn_path, self.out / "cmvn.json")
+            copy_if_other(self.data.cmvn_path, self.out / "cmvn.json")
         save_config(config_from_dict(self._portable_config()), self.out / "config.yaml")
         save_training_config(self.tcfg, self.out / "train_config.yaml")
 
@@ -794,7 +544,7 @@ class Trainer:
             "tgt_spm": tokenizers[1].read_bytes(),
             "extra": {"training": training},
         }
-        _atomic_torch_save(payload, path)
+        atomic_torch_save(payload, path)
 
     def save(self, last: bool = True, best: bool = False) -> None:
         """Write this step's checkpoint (collective under DDP; rank 0 writes)."""
@@ -805,9 +555,9 @@ class Trainer:
         target = numbered if self.tcfg.keep_last > 0 and last else self.out / ".ckpt.pending"
         self._write_checkpoint(target, training)
         if last:
-            _atomic_link(target, self.out / "last.pt")
+            atomic_link(target, self.out / "last.pt")
         if best:
-            _atomic_link(target, self.out / "best.pt")
+            atomic_link(target, self.out / "best.pt")
         if target.name == ".ckpt.pending":
             target.unlink()
         old = sorted(self.out.glob("ckpt_*.pt"))
@@ -1032,7 +782,7 @@ class Trainer:
         for batch in self._dev_loader(self.tcfg.dev_decode_utterances):
             batch = self._to_device(batch)
             with self._autocast():
-                asr, st = _decode_for_eval(self.model, batch)
+                asr, st = decode_for_eval(self.model, batch)
             for i, utt in enumerate(batch["ids"]):
                 src_refs.append(normalize(ids[utt].src_text))
                 tgt_refs.append(normalize(ids[utt].tgt_text))
@@ -1173,41 +923,6 @@ class Trainer:
             dist.broadcast_object_list(best, src=0)
             self.best_dev_loss = best[0]
         return bool(flag[0])
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw contents of an EchoStream checkpoint (``weights_only``: tensors and plain data):
-    ``config``, ``state_dict``, ``src_spm``/``tgt_spm``, ``extra`` (``extra["training"]``: see
-    :meth:`Trainer.training_state`)."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: checkpoint not found") from None
-    except Exception as err:
-        raise TrainingError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''})"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "echostream" or "state_dict" not in ckpt:
-        raise TrainingError(f"{path}: not an EchoStream checkpoint")
-    return ckpt
-
-
-def training_state(ckpt: dict) -> dict:
-    """``extra["training"]`` of a checkpoint read by :func:`read_checkpoint`."""
-    state = (ckpt.get("extra") or {}).get("training")
-    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
-        raise TrainingError(
-            "the checkpoint holds a model but no training state: it cannot be "
-            "resumed (use --init-from to start a run from its weights)"
-        )
-    if state.get("version", 0) > TRAINING_STATE_VERSION:
-        raise TrainingError(
-            f"training state version {state['version']} is newer than this "
-            f"trainer's ({TRAINING_STATE_VERSION}): upgrade echostream"
-        )
-    return state
 
 
 # --------------------------------------------------------------------------- CLI
