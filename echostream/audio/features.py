@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from echostream.config import FeatureConfig
+from echostream.files import atomic_write_text
 from echostream.state import StreamState
 
 INT16_SCALE = 32768.0
@@ -297,15 +297,7 @@ class GlobalCMVN(nn.Module):
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> GlobalCMVN:

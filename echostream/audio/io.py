@@ -13,12 +13,13 @@ is an object with hidden state, used at the edge of the system before the pure s
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from echostream.files import atomic_path
 
 SAMPLE_RATE = 16000
 RESAMPLE_QUALITY = "HQ"
@@ -120,14 +121,8 @@ def save_audio(
     fmt = path.suffix.lstrip(".").upper()
     if not fmt:
         raise AudioError(f"{path}: no file extension to choose the audio format from")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, pcm, sr, subtype=subtype, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class StreamingResampler:

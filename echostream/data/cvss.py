@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echostream.data.manifest import ManifestRow, atomic_write_text, read_cvss_c, write_manifest
+from echostream.data.manifest import ManifestRow, read_cvss_c, write_manifest
 from echostream.data.synth import (
     SPLITS,
     SynthCorpus,
@@ -37,6 +37,7 @@ from echostream.data.synth import (
     _fbank_job,
     _Workers,
 )
+from echostream.files import atomic_write_text
 
 
 def prepare_cvss_c(

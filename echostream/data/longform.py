@@ -41,9 +41,11 @@ import numpy as np
 import soundfile as sf
 import yaml
 
+from echostream.files import atomic_write_text
+
 from ..audio.io import save_audio
 from ..text.normalize import normalize
-from .manifest import ManifestError, ManifestRow, atomic_write_text, read_manifest
+from .manifest import ManifestError, ManifestRow, read_manifest
 
 SAMPLE_RATE = 16000
 _RATE_PITCH = re.compile(r"(:r\d+|:p\d+)+$")

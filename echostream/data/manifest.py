@@ -29,13 +29,14 @@ import csv
 import io
 import os
 import re
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
+
+from echostream.files import atomic_write_text
 
 MANIFEST_COLUMNS = (
     "id", "src_audio", "src_n_frames", "src_text", "tgt_text", "tgt_audio", "tgt_n_frames",
@@ -277,22 +278,6 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path
         writer.writerow(_format_row(row, i))
     atomic_write_text(path, buf.getvalue())
     return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 text to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- CVSS-C

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echostream.data.manifest import ManifestRow, atomic_write_text, write_manifest
+from echostream.data.manifest import ManifestRow, write_manifest
 from echostream.data.tts import (
     Voice,
     english_target_voice,
@@ -59,6 +59,7 @@ from echostream.data.tts import (
     french_voices,
     synthesize,
 )
+from echostream.files import atomic_path, atomic_write_text
 
 SPLITS = ("train", "dev", "test")
 SAMPLE_RATE = 16000
@@ -219,10 +220,8 @@ def _fbank_job(job: tuple[str, str]) -> int:
     from echostream.audio.io import load_audio
 
     feats = FbankExtractor()(load_audio(audio_path, SAMPLE_RATE)).numpy().astype(np.float16)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".tmp.npy") as tmp:
+        np.save(tmp, feats)
     return int(feats.shape[0])
 
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import kaldi_native_fbank as knf
 import numpy as np
+
+from echostream.files import atomic_path
 
 UNIT_FORMAT = "echostream-kmeans-units"
 INT16_SCALE = 32768.0
@@ -153,11 +154,7 @@ class UnitKMeans:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``.npz`` atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=".tmp.npz") as tmp:
             np.savez(
                 tmp,
                 format=np.array(UNIT_FORMAT),
@@ -166,10 +163,6 @@ class UnitKMeans:
                 std=self.std,
                 feature_cfg=np.array(json.dumps(asdict(self.feature_cfg))),
             )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> UnitKMeans:

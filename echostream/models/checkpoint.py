@@ -99,6 +99,7 @@ import torch
 from torch import Tensor
 
 from echostream.config import ConfigError, EchoStreamConfig, config_from_dict
+from echostream.files import atomic_torch_save
 from echostream.models.echostream import EchoStreamModel
 
 __all__ = [
@@ -201,17 +202,7 @@ def save_checkpoint(
         "tgt_spm": _spm_bytes(tokenizers[1]),
         "extra": extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(payload, path)
     return path
 
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from echostream.files import atomic_torch_save
 from echostream.state import StreamState
 
 CHECKPOINT_FORMAT = "echostream-unit-vocoder"
@@ -383,13 +384,9 @@ class UnitVocoder(nn.Module):
     def save(self, path: str | os.PathLike, **metadata: object) -> None:
         """Write ``{"format", "config", "model", **metadata}`` (tensors and plain data only, so
         :meth:`load` can use ``torch.load(weights_only=True)``), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         payload = {"format": CHECKPOINT_FORMAT, "config": asdict(self.cfg),
                    "model": self.state_dict(), **metadata}  # fmt: skip
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> UnitVocoder:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
+from echostream.files import atomic_write_bytes
 from echostream.text.normalize import normalize as _normalize
 
 PAD_ID = BLANK_ID = 0
@@ -148,17 +148,6 @@ def train_tokenizer(
     proto = model.getvalue()
     sp = spm.SentencePieceProcessor(model_proto=proto)
     vocab = "".join(f"{sp.IdToPiece(i)}\t{sp.GetScore(i):g}\n" for i in range(sp.GetPieceSize()))
-    _atomic_write(Path(f"{prefix}.vocab"), vocab.encode("utf-8"))
-    _atomic_write(Path(f"{prefix}.model"), proto)  # last: its presence means "complete"
+    atomic_write_bytes(f"{prefix}.vocab", vocab.encode("utf-8"))
+    atomic_write_bytes(f"{prefix}.model", proto)  # last: its presence means "complete"
     return Tokenizer(f"{prefix}.model")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

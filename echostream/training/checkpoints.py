@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -67,22 +66,6 @@ def config_differences(old: dict, new: dict) -> tuple[list[str], list[str]]:
             line = f"{key}: {a.get(key, '<absent>')!r} → {b.get(key, '<absent>')!r}"
             (arch if _is_architecture_key(key, new) else other).append(line)
     return arch, other
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is a normal file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def copy_if_other(src: Path, dst: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Literal
 import yaml
 
 from echostream.config import ConfigError, config_from_dict, config_to_dict
-from echostream.data.manifest import atomic_write_text
+from echostream.files import atomic_write_text
 
 
 def _check(ok: bool, key: str, message: str) -> None:

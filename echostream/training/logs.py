@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from echostream.data.manifest import atomic_write_text
+from echostream.files import atomic_write_text
 
 
 def _format(value) -> str:

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from echostream.files import atomic_torch_save
 from echostream.models.unit_vocoder import UnitVocoder, UnitVocoderConfig
 
 SAMPLE_RATE = 16000
@@ -119,10 +120,7 @@ def prepare_data(corpus: Path, split: str, cache_dir: Path, limit: int | None = 
         "audio": torch.cat(audio),
         "audio_offsets": torch.tensor([0, *np.cumsum([len(a) for a in audio])]),
     }
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, cache)
+    atomic_torch_save(data, cache)
     return data
 
 
@@ -258,10 +256,8 @@ def _lr_at(step: int, base: float, warmup: int, progress: float) -> float:
 
 
 def _save_training(path: Path, model, optimizer, meta: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "config": asdict(model.cfg), **meta}, tmp)  # fmt: skip
-    os.replace(tmp, path)
+    atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "config": asdict(model.cfg), **meta}, path)  # fmt: skip
 
 
 @torch.no_grad()

@@ -53,13 +53,13 @@ from echostream.config import (
 )
 from echostream.data.manifest import ManifestError
 from echostream.data.sampler import BucketBatchSampler, S2STDataset, collate
+from echostream.files import atomic_torch_save
 from echostream.text.normalize import normalize
 from echostream.text.tokenizer import TokenizerError
 from echostream.training.checkpoints import (
     TRAINING_STATE_FORMAT,
     TRAINING_STATE_VERSION,
     atomic_link,
-    atomic_torch_save,
     config_differences,
     copy_if_other,
     read_checkpoint,
