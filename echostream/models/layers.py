@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from echostream.config import TransformerDecoderConfig
+
 POSITION_OFFSET = 2  # fairseq's first position (padding_idx + 1), see module docstring
 
 
@@ -192,6 +194,23 @@ class TransformerLayer(nn.Module):
         h = self.final_layer_norm(x)
         x = x + self.dropout(self.fc2(self.dropout(F.relu(self.fc1(h)))))
         return x, (k, v)
+
+
+def transformer_layers(cfg: TransformerDecoderConfig, d_memory: int | None = None) -> nn.ModuleList:
+    """``cfg.num_layers`` :class:`TransformerLayer` of width ``cfg.d_model`` (dropouts from
+    ``cfg``), with cross-attention over a memory of width ``d_memory`` when it is given."""
+    return nn.ModuleList(
+        TransformerLayer(
+            cfg.d_model,
+            cfg.num_heads,
+            cfg.ffn_dim,
+            cfg.dropout,
+            d_memory=d_memory,
+            cross_attention=d_memory is not None,
+            attention_dropout=cfg.attention_dropout,
+        )
+        for _ in range(cfg.num_layers)
+    )
 
 
 def causal_visibility(query_pos: Tensor, key_pos: Tensor, key_valid: Tensor) -> Tensor:

@@ -35,12 +35,12 @@ from torch import Tensor, nn
 from echostream.config import TransformerDecoderConfig
 from echostream.models.layers import (
     POSITION_OFFSET,
-    TransformerLayer,
     append_ragged,
     causal_visibility,
     lengths_to_mask,
     shift_left_ragged,
     sinusoidal_positions,
+    transformer_layers,
     zero_padding,
 )
 from echostream.state import StreamState
@@ -106,18 +106,7 @@ class MTDecoder(nn.Module):
             self.embed_tokens.weight[pad_id].zero_()
         self.embed_scale = math.sqrt(d)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(
-            TransformerLayer(
-                d,
-                cfg.num_heads,
-                cfg.ffn_dim,
-                cfg.dropout,
-                d_memory=d_enc,
-                cross_attention=True,
-                attention_dropout=cfg.attention_dropout,
-            )
-            for _ in range(cfg.num_layers)
-        )
+        self.layers = transformer_layers(cfg, d_memory=d_enc)
         self.layer_norm = nn.LayerNorm(d)
 
     # ------------------------------------------------------------------ pieces

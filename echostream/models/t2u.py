@@ -21,10 +21,10 @@ from torch import Tensor, nn
 
 from echostream.config import TransformerDecoderConfig
 from echostream.models.layers import (
-    TransformerLayer,
     append_ragged,
     causal_visibility,
     lengths_to_mask,
+    transformer_layers,
     zero_padding,
 )
 from echostream.state import StreamState
@@ -53,16 +53,7 @@ class T2UEncoder(nn.Module):
         d = cfg.d_model
         self.d_model, self.num_heads, self.head_dim = d, cfg.num_heads, d // cfg.num_heads
         self.input_proj = nn.Linear(d_in, d) if d_in != d else None
-        self.layers = nn.ModuleList(
-            TransformerLayer(
-                d,
-                cfg.num_heads,
-                cfg.ffn_dim,
-                cfg.dropout,
-                attention_dropout=cfg.attention_dropout,
-            )
-            for _ in range(cfg.num_layers)
-        )
+        self.layers = transformer_layers(cfg)
         self.layer_norm = nn.LayerNorm(d) if cfg.num_layers else None
 
     def _input(self, h: Tensor, h_len: Tensor) -> Tensor:

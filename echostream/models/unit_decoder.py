@@ -29,11 +29,11 @@ from echostream.config import UnitDecoderConfig
 from echostream.models.ctc import CTCHead, greedy_ctc
 from echostream.models.layers import (
     POSITION_OFFSET,
-    TransformerLayer,
     append_ragged,
     causal_visibility,
     lengths_to_mask,
     sinusoidal_positions,
+    transformer_layers,
     zero_padding,
 )
 from echostream.state import StreamState
@@ -77,18 +77,7 @@ class UnitDecoder(nn.Module):
         self.num_heads, self.head_dim = cfg.num_heads, d // cfg.num_heads
         self.input_proj = nn.Linear(d_in, d) if d_in != d else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(
-            TransformerLayer(
-                d,
-                cfg.num_heads,
-                cfg.ffn_dim,
-                cfg.dropout,
-                d_memory=d_in,
-                cross_attention=True,
-                attention_dropout=cfg.attention_dropout,
-            )
-            for _ in range(cfg.num_layers)
-        )
+        self.layers = transformer_layers(cfg, d_memory=d_in)
         self.layer_norm = nn.LayerNorm(d)
         self.head = CTCHead(d, num_units, prepend_blank=True, bias=False)
 
