@@ -5,7 +5,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.helpers_models import torch_threads
 
 TINY_CORPUS = Path(__file__).resolve().parents[1] / "work" / "synth-tiny"
 
@@ -31,9 +32,8 @@ def synth_tiny() -> Path:
 
 @pytest.fixture
 def one_thread():
-    """Tiny models gain nothing from threads; on a shared machine they only lose. Restores the
-    thread count afterwards (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Tiny models gain nothing from threads; on a shared machine they only lose
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``; a module whose module-scoped
+    fixtures run models uses :func:`torch_threads` in a module-scoped fixture)."""
+    with torch_threads(1):
+        yield

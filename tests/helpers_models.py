@@ -3,11 +3,13 @@
 ``tiny_config`` is a tiny EchoStream config (Emformer or chunk-Conformer encoder), with keywords
 for the variants the test files need; ``busy_model`` is a tiny random model whose CTC heads fire
 often, so that the simultaneous policy writes at many steps (an untrained model mostly outputs
-blanks); ``speechlike`` is a deterministic tone-and-noise signal at 16 kHz.
+blanks); ``speechlike`` is a deterministic tone-and-noise signal at 16 kHz; ``torch_threads``
+runs a block on n torch threads.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -133,3 +135,14 @@ def assert_same_outputs(got: list[list], singles: list[list]) -> None:
             torch.cat([o.audio for o in alone]).numpy(),
             atol=1e-5,
         )
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block on ``n`` torch threads, then restore the previous count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ from echostream.models import build_model
 from echostream.models.checkpoint import save_checkpoint
 from echostream.streaming.translator import StreamingTranslator
 from echostream.text.tokenizer import Tokenizer
-from tests.helpers_models import busy_model, tiny_config
+from tests.helpers_models import busy_model, tiny_config, torch_threads
 
 TINY = Path(__file__).resolve().parents[1] / "work" / "synth-tiny"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "simulstream"
@@ -38,11 +38,11 @@ def _tiny_corpus(synth_tiny):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread_for_the_module():
+    """One thread, also for the module-scoped ``setup`` (the function-scoped ``one_thread``
+    fixture cannot serve a module-scoped one)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
