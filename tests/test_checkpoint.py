@@ -21,13 +21,11 @@ from helpers_models import KIND_OF, tiny_config
 from echostream.config import EchoStreamConfig
 from echostream.data.sampler import S2STItem, collate
 from echostream.models import build_model
-from echostream.models.checkpoint import (
-    CheckpointError,
+from echostream.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from echostream.models.streamspeech_import import (
     import_streamspeech,
-    load_checkpoint,
     load_fairseq_checkpoint,
     mt_vocab_index,
-    save_checkpoint,
     text_ctc_index,
     unit_ctc_index,
 )

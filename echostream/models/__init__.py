@@ -2,7 +2,8 @@
 
 ``build_model(cfg)`` builds :class:`EchoStreamModel` (Emformer or chunk-Conformer encoder by
 ``cfg.model``); checkpoints: :func:`save_checkpoint`, :func:`load_checkpoint`,
-:func:`import_streamspeech` (in :mod:`echostream.models.checkpoint`).
+:func:`import_streamspeech` (in :mod:`echostream.models.checkpoint` and
+:mod:`echostream.models.streamspeech_import`).
 """
 
 from echostream.models.echostream import (
@@ -27,14 +28,12 @@ __all__ = [
 
 def __getattr__(name: str):
     # Checkpoint helpers are imported on first use (they are not needed to build a model).
-    if name in (
-        "CheckpointError",
-        "ImportReport",
-        "import_streamspeech",
-        "load_checkpoint",
-        "save_checkpoint",
-    ):
+    if name in ("CheckpointError", "load_checkpoint", "save_checkpoint"):
         from echostream.models import checkpoint
 
         return getattr(checkpoint, name)
+    if name in ("ImportReport", "import_streamspeech"):
+        from echostream.models import streamspeech_import
+
+        return getattr(streamspeech_import, name)
     raise AttributeError(f"module 'echostream.models' has no attribute {name!r}")
