@@ -45,9 +45,12 @@ bench-pipeline: setup
 		--busy --chunks 160,320,640 --lengths 1,5,10,30,60 --recompute-max-s 10 \
 		--out docs/benchmarks/pipeline --doc docs/benchmarks/pipeline.md
 
-# docs/results: both models at 160/320/640 ms + offline on 30 dev utterances, table + curves.
-RESULTS_MODELS ?= --model echostream-tiny=echostream-tiny-fr-en
+# docs/results: both bundled models (EchoStream incremental, the StreamSpeech baseline under its
+# recompute agent) at 160/320/640 ms + offline on 30 dev utterances, table + curves.
+RESULTS_MODELS ?= --model echostream-tiny=echostream-tiny-fr-en \
+	--model streamspeech-tiny=streamspeech-tiny-fr-en@recompute
 results: setup
+	test -f work/synth-demo/build.json || $(VENV)/bin/echostream prepare synth --size demo --out work/synth-demo
 	$(VENV)/bin/echostream results $(RESULTS_MODELS) \
 		--vocoder echostream/pretrained/vocoder-tiny/vocoder.pt \
 		--data work/synth-demo --split dev --limit 30 --out docs/results

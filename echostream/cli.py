@@ -453,7 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(whole agent, per-chunk compute vs position), `bench serve` (server load/faults), "
         "`bench longstream` (one-hour stream: memory and per-chunk cost)",
     )
-    p.add_argument("what", choices=["encoder"])
+    p.add_argument(
+        "what",
+        choices=["encoder", "pipeline", "serve", "longstream"],
+        help="the options below are `bench encoder`'s; the others have their own "
+        "(echostream bench pipeline --help)",
+    )
     p.add_argument("--quick", action="store_true", help="a subset that runs in < 60 s (CI)")
     p.add_argument("--json", help="write results as JSON to this path ('-' = stdout only)")
     p.add_argument("--out", help="folder for results.json, results.md and PNG plots")
@@ -470,11 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "export", help="bundle a trained checkpoint + vocoder for from_pretrained", add_help=False
     )
-    sub.add_parser(
+    p = sub.add_parser(
         "prepare",
         help="build corpora: `prepare synth` (synthetic Fr→En speech), `prepare cvss-c`, "
         "`prepare longform` (minutes-long streams from a corpus split)",
-        add_help=False,
+    )
+    p.add_argument(
+        "what",
+        choices=["synth", "cvss-c", "longform"],
+        help="each has its own options (echostream prepare synth --help)",
     )
 
     sub.add_parser(
