@@ -15,7 +15,7 @@ def test_word_error_rate_golden():
     assert word_error_rate(["a b c"], ["a x c d"]) == pytest.approx(2 / 3)
     # corpus level: (0 + 2) edits / (2 + 2) words; normalisation removes case and punctuation
     assert word_error_rate(["Hello, World!", "x y"], ["hello world", ""]) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="1 references but 2"):
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         word_error_rate(["a"], ["a", "b"])
     with pytest.raises(ValueError, match="no words"):
         word_error_rate([""], ["a"])

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from echostream.evaluation import quality
 from echostream.text.normalize import normalize
 
 SAMPLE_RATE = 16000
@@ -82,36 +83,13 @@ class EnglishASR:
         return [self.transcribe(p) for p in pcms]
 
 
-def _edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance between two word sequences (substitution = insertion = deletion = 1)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
-
-
 def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Corpus WER in [0, inf): sum of word edit distances / sum of reference words, after
-    :func:`normalize` of both sides."""
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    edits = words = 0
-    for ref, hyp in zip(refs, hyps, strict=True):
-        r, h = normalize(ref).split(), normalize(hyp).split()
-        edits += _edit_distance(r, h)
-        words += len(r)
-    if words == 0:
-        raise ValueError("references contain no words")
-    return edits / words
+    """Corpus WER in [0, inf) of normalised text: :func:`echostream.evaluation.quality.
+    word_error_rate` with references first."""
+    return quality.word_error_rate(hyps=hyps, refs=refs)
 
 
 def asr_bleu(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """sacrebleu corpus BLEU (default 13a tokenisation) of normalised hypotheses vs references."""
-    import sacrebleu
-
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return sacrebleu.corpus_bleu([normalize(h) for h in hyps], [[normalize(r) for r in refs]]).score
+    """BLEU of normalised text: :func:`echostream.evaluation.quality.asr_bleu` with references
+    first."""
+    return quality.asr_bleu(hyps=hyps, refs=refs)

@@ -6,22 +6,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
-
-def word_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance between two word sequences (substitutions, insertions, deletions)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, start=1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+from echostream.evaluation.quality import edit_distance
 
 
 def corpus_wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Word error rate in percent: total edits / total reference words."""
     words = sum(len(r.split()) for r in refs)
-    edits = sum(word_errors(r.split(), h.split()) for r, h in zip(refs, hyps, strict=True))
+    edits = sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps, strict=True))
     return 100.0 * edits / max(words, 1)
 
 
