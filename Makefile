@@ -51,7 +51,8 @@ RESULTS_MODELS ?= --model echostream-tiny=echostream-tiny-fr-en \
 	--model streamspeech-tiny=streamspeech-tiny-fr-en@recompute
 results: setup
 	test -f work/synth-demo/build.json || $(VENV)/bin/echostream prepare synth --size demo --out work/synth-demo
-	$(VENV)/bin/echostream results $(RESULTS_MODELS) \
+	test -f work/synth-demo/asr_lm.arpa || $(VENV)/bin/echostream prepare asr-lm --data work/synth-demo
+	$(VENV)/bin/echostream results $(RESULTS_MODELS) --asr-lm work/synth-demo/asr_lm.arpa \
 		--vocoder echostream/pretrained/vocoder-tiny/vocoder.pt \
 		--data work/synth-demo --split dev --limit 30 --out docs/results
 

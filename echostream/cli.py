@@ -478,11 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prepare",
         help="build corpora: `prepare synth` (synthetic Fr→En speech), `prepare cvss-c`, "
-        "`prepare longform` (minutes-long streams from a corpus split)",
+        "`prepare longform` (minutes-long streams from a corpus split), `prepare asr-lm` "
+        "(the ASR-BLEU recogniser's LM, from training targets)",
     )
     p.add_argument(
         "what",
-        choices=["synth", "cvss-c", "longform"],
+        choices=["synth", "cvss-c", "longform", "asr-lm"],
         help="each has its own options (echostream prepare synth --help)",
     )
 
@@ -513,6 +514,7 @@ PASS_THROUGH = {
     ("prepare", "cvss-c"): ("echostream.data.cvss", "main_prepare_cvss_c"),
     ("export",): ("echostream.training.export", "main_export"),
     ("prepare", "longform"): ("echostream.data.longform", "main_prepare_longform"),
+    ("prepare", "asr-lm"): ("echostream.evaluation.asr_lm", "main"),
     ("eval-longform",): ("echostream.evaluation.longform", "main"),
     ("bench", "pipeline"): ("echostream.bench.pipeline", "main"),
     ("bench", "serve"): ("echostream.bench.serve_load", "main"),

@@ -19,4 +19,4 @@ def test_unknown_sub_verb_names_the_choices(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["prepare", "nope"])
     assert exit_.value.code == 2
-    assert "choose from 'synth', 'cvss-c', 'longform'" in capsys.readouterr().err
+    assert "choose from 'synth', 'cvss-c', 'longform', 'asr-lm'" in capsys.readouterr().err
