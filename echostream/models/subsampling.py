@@ -90,10 +90,14 @@ class Conv2dSubsampling(nn.Module):
         self._check(x, x_len)
         pad = self.kernel_size - 1
         h = _mask_time(x, x_len, dim=1).unsqueeze(1)  # (B, 1, T, in_dim)
-        h = F.relu(self.conv1(F.pad(h, (0, 0, pad, 0))))  # (B, C, ceil(T/2), F1)
+        # conv2's causal left padding is made by conv1: 2·pad more zero input frames give pad
+        # more leading outputs, zeroed with the frames past the length in one pass (padding
+        # the C-channel tensor instead is a full copy forward and backward; same values).
+        h = F.relu(self.conv1(F.pad(h, (0, 0, 3 * pad, 0))))  # (B, C, pad + ceil(T/2), F1)
         h_len = _half_length(x_len)
-        h = _mask_time(h, h_len, dim=2)
-        h = F.relu(self.conv2(F.pad(h, (0, 0, pad, 0))))  # (B, C, ceil(T/4), F2)
+        t = torch.arange(h.shape[2], device=h.device)
+        keep = (t >= pad) & (t < (h_len + pad)[:, None])  # (B, pad + ceil(T/2))
+        h = F.relu(self.conv2(h * keep[:, None, :, None]))  # (B, C, ceil(T/4), F2)
         y_len = _half_length(h_len)
         y = self.out(h.transpose(1, 2).flatten(2))  # (B, T', out_dim)
         return _mask_time(y, y_len, dim=1), y_len
