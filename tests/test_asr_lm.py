@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from echostream.evaluation.asr import EnglishASR, word_error_rate
-from echostream.evaluation.asr_lm import build_asr_lm, main
+from echostream.evaluation.asr_lm import arpabet, build_asr_lm, main
 
 pytest.importorskip("pocketsphinx")
 
 HEADER = "id\tsrc_audio\tsrc_n_frames\tsrc_text\ttgt_text\ttgt_audio\ttgt_n_frames\n"
 TRAIN = [
-    "Library for reading Debian package control files.",
+    "Library for reading Debian package control files with libgnomeui.",
     "The daemon rotates the kernel log files every night.",
     "Command line tools for the Debian package archive.",
 ]
@@ -43,6 +43,21 @@ def test_lm_holds_the_normalised_training_targets_only(tmp_path):
     assert stats["sentences"] == 3 and stats["tokens"] == sum(len(t.split()) for t in TRAIN)
 
 
+def test_dictionary_adds_espeak_pronunciations_in_the_recognisers_phones(tmp_path):
+    path, stats = build_asr_lm(write_corpus(tmp_path / "corpus"))
+    lines = path.with_suffix(".dict").read_text().splitlines()
+    base = [line for line in lines if line.startswith("hello ")]
+    assert base == ["hello HH AH L OW"]  # CMUdict kept as it is
+    phones = {p for line in lines[: -stats["pronunciations_added"]] for p in line.split()[1:]}
+    assert len(phones) == 39  # ARPAbet without stress: the en-us acoustic model's phones
+    added = dict(line.split(" ", 1) for line in lines[-stats["pronunciations_added"] :])
+    assert "libgnomeui" in added and stats["words_without_pronunciation"] == len(added)
+    assert all(set(p.split()) <= phones for p in added.values()), added
+    assert arpabet("h@l'oU") == "HH AH L OW" and arpabet("dZ'VdZ") == "JH AH JH"
+    assert arpabet("n'i@3") == "N IH R"  # longest match first
+    assert arpabet("h@\u0283") is None  # an unknown symbol: no pronunciation, not a wrong one
+
+
 def test_domain_lm_helps_the_recogniser_on_in_domain_speech(tmp_path):
     from echostream.data.tts import pico_available, pico_synth
 
@@ -51,6 +66,7 @@ def test_domain_lm_helps_the_recogniser_on_in_domain_speech(tmp_path):
     path, _ = build_asr_lm(write_corpus(tmp_path / "corpus"))
     audio = [pico_synth(text)[0] for text in TRAIN]
     generic, domain = EnglishASR(), EnglishASR(lm=path)
+    assert domain.dict == path.with_suffix(".dict")  # the LM's own dictionary comes with it
     generic, domain = [generic.transcribe(a) for a in audio], [domain.transcribe(a) for a in audio]
     assert word_error_rate(TRAIN, domain) < word_error_rate(TRAIN, generic), (domain, generic)
 

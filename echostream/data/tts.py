@@ -139,6 +139,20 @@ class _Espeak:
             return np.zeros(0, dtype=np.int16)
         return np.concatenate(self._chunks).astype(np.int16, copy=False)
 
+    def phonemes(self, text: str, name: str) -> str:
+        """espeak-ng's ASCII phoneme mnemonics of ``text`` in voice ``name`` (as ``espeak-ng
+        -q -x``: stress marks ``'``/``,``), clauses joined by spaces. No audio is made."""
+        self._set_voice(name)
+        fn = self.lib.espeak_TextToPhonemes
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        data = ctypes.create_string_buffer(text.encode("utf-8"))
+        cursor = ctypes.c_char_p(ctypes.addressof(data))
+        clauses = []
+        while cursor.value:  # each call translates one clause and moves the cursor past it
+            clauses.append((fn(ctypes.byref(cursor), _CHARS_UTF8, 0) or b"").decode())
+        return " ".join(c for c in clauses if c)
+
     def synth(self, text: str, name: str, rate: int, pitch: int) -> np.ndarray:
         """int16 samples at ``self.sample_rate``, identical for identical arguments.
 
@@ -200,6 +214,11 @@ def espeak_synth(text: str, voice: str = "fr", rate: int = 175, pitch: int = 50)
 
 
 # --------------------------------------------------------------------------- pico2wave
+
+
+def espeak_phonemes(text: str, voice: str = "en-us") -> str:
+    """espeak-ng's phonemes of ``text`` (ASCII mnemonics, e.g. ``h@l'oU`` for "hello")."""
+    return _espeak().phonemes(text, voice)
 
 
 def pico_available() -> bool:

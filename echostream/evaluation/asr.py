@@ -32,7 +32,8 @@ class EnglishASR:
     """pocketsphinx en-us recogniser. ``transcribe(pcm)`` -> text.
 
     lm: path of an N-gram LM (ARPA or pocketsphinx binary); None: the wheel's generic en-us LM.
-    dict: pronunciation dictionary; None: the wheel's CMUdict.
+    dict: pronunciation dictionary; None: the LM's own (same path, ``.dict``: what ``echostream
+    prepare asr-lm`` writes beside its LM) when there is one, else the wheel's CMUdict.
     """
 
     def __init__(
@@ -50,6 +51,8 @@ class EnglishASR:
             ) from err
         model = Path(get_model_path())
         self.lm = Path(lm) if lm is not None else model / "en-us" / "en-us.lm.bin"
+        if dict is None and lm is not None and self.lm.with_suffix(".dict").is_file():
+            dict = self.lm.with_suffix(".dict")
         self.dict = Path(dict) if dict is not None else model / "en-us" / "cmudict-en-us.dict"
         for what, path in (("language model", self.lm), ("dictionary", self.dict)):
             if not path.is_file():

@@ -12,8 +12,11 @@ output and the references are (:func:`echostream.text.normalize.normalize`)::
     echostream prepare asr-lm --data work/synth-demo        # -> work/synth-demo/asr_lm.arpa
     echostream evaluate ... --asr-lm work/synth-demo/asr_lm.arpa
 
-Words without a pronunciation in the recogniser's dictionary stay in the LM (pocketsphinx skips
-them); their share of the training tokens is reported, as it bounds what the LM can add.
+pocketsphinx can only recognise words its dictionary pronounces: CMUdict lacks ~9% of the
+training tokens here (package and library names). Their pronunciations come from espeak-ng's
+English phonemes mapped to the recogniser's ARPAbet phones (:func:`arpabet`), and the dictionary
+(CMUdict + those words) is written next to the LM (``asr_lm.dict``), where :class:`~echostream.
+evaluation.asr.EnglishASR` picks it up with the LM.
 """
 
 from __future__ import annotations
@@ -31,6 +34,22 @@ from echostream.files import atomic_open
 from echostream.text.normalize import normalize
 
 DEFAULT_NAME = "asr_lm.arpa"
+
+# espeak-ng en-us phoneme mnemonics -> pocketsphinx en-us phones (ARPAbet without stress).
+# Longest match first; stress and boundary marks are dropped (_IGNORED).
+_ESPEAK_TO_ARPABET = {
+    "i@3": "IH R", "A@": "AA R", "O@": "AO R", "o@": "AO R", "U@": "UH R", "e@": "EH R",
+    "i@": "IH R", "@L": "AH L", "aI": "AY", "aU": "AW", "eI": "EY", "oU": "OW", "OI": "OY",
+    "3:": "ER", "A:": "AA", "O:": "AO", "i:": "IY", "u:": "UW", "I2": "IH", "I#": "IH",
+    "a#": "AH", "@2": "AH", "@5": "AH", "t#": "T", "tS": "CH", "dZ": "JH", "n-": "AH N",
+    "l-": "AH L", "r-": "R", "@": "AH", "3": "ER", "a": "AE", "A": "AA", "e": "EH", "E": "EH",
+    "i": "IY", "I": "IH", "0": "AA", "O": "AO", "U": "UH", "V": "AH", "b": "B", "d": "D",
+    "f": "F", "g": "G", "h": "HH", "j": "Y", "k": "K", "l": "L", "m": "M", "n": "N", "N": "NG",
+    "p": "P", "r": "R", "s": "S", "S": "SH", "t": "T", "T": "TH", "D": "DH", "v": "V", "w": "W",
+    "z": "Z", "Z": "ZH", "x": "K", "?": "", "t2": "T", "d2": "D", "O2": "AO", "a2": "AH",
+    "o": "OW",
+}  # fmt: skip
+_IGNORED = set("',;:_=|!% ")
 
 
 def training_targets(data_dir: str | os.PathLike) -> list[str]:
@@ -62,12 +81,53 @@ def dictionary_words(path: str | os.PathLike | None = None) -> set[str]:
     return words
 
 
+def arpabet(phonemes: str) -> str | None:
+    """espeak-ng mnemonics (``h@l'oU``) -> ARPAbet (``HH AH L OW``); None when a symbol has no
+    mapping (the word is then left out rather than mispronounced)."""
+    phones, i = [], 0
+    while i < len(phonemes):
+        if phonemes[i] in _IGNORED:
+            i += 1
+            continue
+        for size in (3, 2, 1):
+            piece = phonemes[i : i + size]
+            if len(piece) == size and piece in _ESPEAK_TO_ARPABET:
+                phones += _ESPEAK_TO_ARPABET[piece].split()
+                i += size
+                break
+        else:
+            return None
+    return " ".join(phones) or None
+
+
+def write_dictionary(words: Sequence[str], out: Path, base: str | os.PathLike | None = None) -> int:
+    """``base`` (default: the wheel's CMUdict) + an espeak-ng pronunciation for each of
+    ``words`` it lacks, to ``out``; returns how many words were added."""
+    from echostream.data.tts import espeak_phonemes
+
+    if base is None:
+        from pocketsphinx import get_model_path
+
+        base = Path(get_model_path()) / "en-us" / "cmudict-en-us.dict"
+    known = dictionary_words(base)
+    added = []
+    for word in sorted(set(words) - known):
+        phones = arpabet(espeak_phonemes(word))
+        if phones:
+            added.append(f"{word} {phones}\n")
+    with atomic_open(out, "w") as f:
+        f.write(Path(base).read_text(encoding="utf-8"))
+        f.writelines(added)
+    return len(added)
+
+
 def build_asr_lm(
     data_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
     discount_mass: float = 0.5,
 ) -> tuple[Path, dict]:
-    """Write the ARPA trigram of ``data_dir``'s training targets -> (path, statistics)."""
+    """Write the ARPA trigram of ``data_dir``'s training targets and its dictionary (same
+    name, ``.dict``) -> (LM path, statistics)."""
     from pocketsphinx.lm import ArpaBoLM
 
     if not 0.0 < discount_mass < 1.0:
@@ -81,6 +141,7 @@ def build_asr_lm(
     tokens = Counter(w for t in texts for w in t.split())
     known = dictionary_words()
     oov = {w: n for w, n in tokens.items() if w not in known}
+    added = write_dictionary(list(tokens), out.with_suffix(".dict"))
     stats = {
         "sentences": len(texts),
         "tokens": sum(tokens.values()),
@@ -89,6 +150,8 @@ def build_asr_lm(
         "words": len(tokens),
         "words_without_pronunciation": len(oov),
         "tokens_without_pronunciation": sum(oov.values()) / max(sum(tokens.values()), 1),
+        "pronunciations_added": added,
+        "dictionary": str(out.with_suffix(".dict")),
     }
     return out, stats
 
