@@ -82,3 +82,16 @@ def test_errors_name_the_file(tmp_path, capsys):
     with pytest.raises(ValueError, match="discount_mass"):
         build_asr_lm(write_corpus(tmp_path / "ok"), discount_mass=1.0)
     assert not (tmp_path / "ok" / "asr_lm.arpa").exists()
+
+
+def test_measure_prints_the_ceiling_of_each_recogniser(synth_tiny, tmp_path, capsys):
+    lm = str(tmp_path / "lm.arpa")
+    assert main(["--data", str(synth_tiny), "--out", lm, "--measure", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "%" in line]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| generic LM, CMUdict",
+        "| training-target trigram, CMUdict",
+        "| training-target trigram + its dictionary",
+    ], out
+    assert (tmp_path / "lm.dict").is_file()

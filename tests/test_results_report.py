@@ -71,6 +71,16 @@ def test_table_is_golden():
     assert render_table(synthetic_results()) == GOLDEN
 
 
+def test_table_names_the_recogniser_that_made_asr_bleu():
+    results = synthetic_results()
+    first = next(iter(results.values()))
+    first["asr"] = {"lm": "/x/en-us/en-us.lm.bin", "dict": "/x/en-us/cmudict-en-us.dict"}
+    assert "ASR-BLEU: pocketsphinx en-us with its generic LM on" in render_table(results)
+    first["asr"] = {"lm": "work/d/asr_lm.arpa", "dict": "work/d/asr_lm.dict"}
+    table = render_table(results)
+    assert "with the LM `asr_lm.arpa` and dictionary `asr_lm.dict` on the output" in table
+
+
 def test_curves_are_drawn(tmp_path):
     path = plot_curves(synthetic_results(), tmp_path / "curves.png")
     assert path.stat().st_size > 10_000

@@ -156,6 +156,24 @@ def build_asr_lm(
     return out, stats
 
 
+def measure_ceilings(data_dir: str | os.PathLike, lm: Path, split: str, limit: int) -> dict:
+    """WER / ASR-BLEU of the recogniser on the gold target audio of ``split``'s first ``limit``
+    utterances: generic LM, ``lm`` with CMUdict, ``lm`` with its own dictionary."""
+    from pocketsphinx import get_model_path
+
+    from echostream.evaluation.asr import EnglishASR
+    from echostream.evaluation.runner import gold_ceiling, load_split
+
+    utterances = load_split(Path(data_dir), split, limit)
+    cmudict = Path(get_model_path()) / "en-us" / "cmudict-en-us.dict"
+    recognisers = {
+        "generic LM, CMUdict": EnglishASR(),
+        "training-target trigram, CMUdict": EnglishASR(lm=lm, dict=cmudict),
+        "training-target trigram + its dictionary": EnglishASR(lm=lm),
+    }
+    return {name: gold_ceiling(utterances, asr) for name, asr in recognisers.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="echostream prepare asr-lm",
@@ -165,6 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="corpus folder holding train.tsv")
     p.add_argument("--out", help=f"ARPA file to write (default: DATA/{DEFAULT_NAME})")
     p.add_argument("--discount-mass", type=float, default=0.5, help="back-off discount mass")
+    p.add_argument(
+        "--measure",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then measure the recogniser's WER / ASR-BLEU on the gold target audio of the "
+        "first N utterances of --measure-split, with and without this LM and dictionary",
+    )
+    p.add_argument("--measure-split", default="dev")
     args = p.parse_args(argv)
     try:
         path, stats = build_asr_lm(args.data, args.out, args.discount_mass)
@@ -172,6 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{path}: " + json.dumps(stats))
+    if args.measure > 0:
+        ceilings = measure_ceilings(args.data, path, args.measure_split, args.measure)
+        print(f"gold target audio, {args.measure_split}, first {args.measure} utterances:")
+        print("| recogniser | WER | ASR-BLEU |\n|---|---|---|")
+        for name, c in ceilings.items():
+            if c is None:
+                print(f"| {name} | — | — |  (no gold target audio)")
+            else:
+                print(f"| {name} | {100 * c['WER']:.1f}% | {c['ASR_BLEU']:.1f} |")
     return 0
 
 

@@ -104,10 +104,18 @@ def _chunk_of(run: str) -> int | None:
 def render_table(results: dict[str, dict[str, Any]]) -> str:
     """One markdown table: every model × run (simultaneous chunks, then offline)."""
     first = next(iter(results.values()))
+    recogniser = "pocketsphinx en-us"
+    if first.get("asr"):
+        lm, dictionary = Path(first["asr"]["lm"]), Path(first["asr"]["dict"])
+        recogniser += (
+            " with its generic LM"
+            if lm.name == "en-us.lm.bin"
+            else f" with the LM `{lm.name}` and dictionary `{dictionary.name}`"
+        )
     lines = [
         f"{first['split']} split, {first['utterances']} utterances; latency in ms of source "
         "(SimulEval definitions; `_CA` adds the measured compute); BLEU/chrF on normalised "
-        "text; ASR-BLEU: pocketsphinx en-us on the output speech.",
+        f"text; ASR-BLEU: {recogniser} on the output speech.",
         "",
         "| model | mode | run | " + " | ".join(c[0] for c in COLUMNS) + " |",
         "|---|---|---|" + "---|" * len(COLUMNS),

@@ -187,6 +187,8 @@ def evaluate(
         "runs": {},
     }
     results["gold_ceiling"] = gold_ceiling(utterances, asr)
+    if asr is not None:  # which recogniser made the ASR-BLEU figures
+        results["asr"] = {"lm": str(asr.lm), "dict": str(asr.dict)}
     for chunk in chunks:
         t0 = time.perf_counter()
         texts, transcripts, audios, logs = run_simultaneous(model, vocoder, utterances, chunk, mode)

@@ -25,13 +25,23 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         ]
 
 
-def plot_runs(runs: Sequence[Path], out: Path, smooth: int = 10) -> Path:
+def plot_runs(
+    runs: Sequence[Path],
+    out: Path,
+    smooth: int = 10,
+    zoom_after: int = 100,
+    marks: Sequence[tuple[float, str]] = (),
+) -> Path:
+    """One panel per loss: smoothed train curve and dev points of every run. The y-axis spans
+    the values from update ``zoom_after`` on (the first updates fall from far higher and would
+    flatten the rest); ``marks``: (update, label) vertical lines, e.g. where a run continued."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(LOSSES), figsize=(4 * len(LOSSES), 3.4), sharex=True)
+    shown: dict[str, list[float]] = {key: [] for key in LOSSES}
     for run in runs:
         train = read_csv(run / "train_log.csv")
         dev = read_csv(run / "dev_log.csv")
@@ -44,8 +54,10 @@ def plot_runs(runs: Sequence[Path], out: Path, smooth: int = 10) -> Path:
                 for i in range(len(values))
             ]
             (line,) = ax.plot(steps, avg, label=f"{run.name} train")
+            shown[key] += [v for s, v in zip(steps, avg, strict=True) if s >= zoom_after]
             dev_key = "dev_" + key.removeprefix("loss_")
             points = [(r["step"], r[dev_key]) for r in dev if dev_key in r]
+            shown[key] += [v for s, v in points if s >= zoom_after]
             if points:
                 ax.plot(
                     *zip(*points, strict=True),
@@ -54,6 +66,14 @@ def plot_runs(runs: Sequence[Path], out: Path, smooth: int = 10) -> Path:
                     label=f"{run.name} dev",
                 )
             ax.set(title=key.removeprefix("loss_"), xlabel="update")
+    for ax, key in zip(axes, LOSSES, strict=True):
+        if shown[key]:
+            lo, hi = min(shown[key]), max(shown[key])
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+        for step, label in marks:
+            ax.axvline(step, color="gray", linestyle=":", linewidth=1)
+            ax.annotate(label, (step, 1), xycoords=("data", "axes fraction"), fontsize=7,
+                        rotation=90, va="top", ha="right", color="gray")  # fmt: skip
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +86,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--zoom-after", type=int, default=100, help="y-axes span the values from this update on"
+    )
+    p.add_argument(
+        "--mark",
+        action="append",
+        default=[],
+        metavar="UPDATE:LABEL",
+        help="a vertical line at UPDATE (repeatable), e.g. 600:continued",
+    )
     args = p.parse_args(argv)
-    print(plot_runs(args.runs, args.out))
+    marks = []
+    for mark in args.mark:
+        step, _, label = mark.partition(":")
+        try:
+            marks.append((float(step), label))
+        except ValueError:
+            p.error(f"--mark {mark!r}: expected UPDATE:LABEL")
+    print(plot_runs(args.runs, args.out, zoom_after=args.zoom_after, marks=marks))
     return 0
 
 
