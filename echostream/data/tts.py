@@ -213,12 +213,12 @@ def espeak_synth(text: str, voice: str = "fr", rate: int = 175, pitch: int = 50)
     return pcm.astype(np.float32) / 32768.0, engine.sample_rate
 
 
-# --------------------------------------------------------------------------- pico2wave
-
-
 def espeak_phonemes(text: str, voice: str = "en-us") -> str:
     """espeak-ng's phonemes of ``text`` (ASCII mnemonics, e.g. ``h@l'oU`` for "hello")."""
     return _espeak().phonemes(text, voice)
+
+
+# --------------------------------------------------------------------------- pico2wave
 
 
 def pico_available() -> bool:
