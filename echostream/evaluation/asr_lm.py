@@ -35,6 +35,14 @@ from echostream.text.normalize import normalize
 
 DEFAULT_NAME = "asr_lm.arpa"
 
+
+def cmudict_path() -> Path:
+    """The pronunciation dictionary of pocketsphinx's wheel (CMUdict, en-us)."""
+    from pocketsphinx import get_model_path
+
+    return Path(get_model_path()) / "en-us" / "cmudict-en-us.dict"
+
+
 # espeak-ng en-us phoneme mnemonics -> pocketsphinx en-us phones (ARPAbet without stress).
 # Longest match first; stress and boundary marks are dropped (_IGNORED).
 _ESPEAK_TO_ARPABET = {
@@ -69,11 +77,8 @@ def training_targets(data_dir: str | os.PathLike) -> list[str]:
 def dictionary_words(path: str | os.PathLike | None = None) -> set[str]:
     """Words of a pocketsphinx dictionary (default: the wheel's CMUdict); ``word(2)`` variants
     count as ``word``."""
-    if path is None:
-        from pocketsphinx import get_model_path
-
-        path = Path(get_model_path()) / "en-us" / "cmudict-en-us.dict"
     words = set()
+    path = cmudict_path() if path is None else path
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
@@ -105,10 +110,7 @@ def write_dictionary(words: Sequence[str], out: Path, base: str | os.PathLike | 
     ``words`` it lacks, to ``out``; returns how many words were added."""
     from echostream.data.tts import espeak_phonemes
 
-    if base is None:
-        from pocketsphinx import get_model_path
-
-        base = Path(get_model_path()) / "en-us" / "cmudict-en-us.dict"
+    base = cmudict_path() if base is None else base
     known = dictionary_words(base)
     added = []
     for word in sorted(set(words) - known):
@@ -159,16 +161,13 @@ def build_asr_lm(
 def measure_ceilings(data_dir: str | os.PathLike, lm: Path, split: str, limit: int) -> dict:
     """WER / ASR-BLEU of the recogniser on the gold target audio of ``split``'s first ``limit``
     utterances: generic LM, ``lm`` with CMUdict, ``lm`` with its own dictionary."""
-    from pocketsphinx import get_model_path
-
     from echostream.evaluation.asr import EnglishASR
     from echostream.evaluation.runner import gold_ceiling, load_split
 
     utterances = load_split(Path(data_dir), split, limit)
-    cmudict = Path(get_model_path()) / "en-us" / "cmudict-en-us.dict"
     recognisers = {
         "generic LM, CMUdict": EnglishASR(),
-        "training-target trigram, CMUdict": EnglishASR(lm=lm, dict=cmudict),
+        "training-target trigram, CMUdict": EnglishASR(lm=lm, dict=cmudict_path()),
         "training-target trigram + its dictionary": EnglishASR(lm=lm),
     }
     return {name: gold_ceiling(utterances, asr) for name, asr in recognisers.items()}
