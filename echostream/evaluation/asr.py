@@ -26,6 +26,19 @@ from echostream.evaluation import quality
 from echostream.text.normalize import normalize
 
 SAMPLE_RATE = 16000
+GENERIC_LM_NAME = "en-us.lm.bin"  # the wheel's generic US-English trigram
+
+
+def model_dir() -> Path:
+    """The en-us model folder of pocketsphinx's wheel (acoustic model, generic LM, CMUdict)."""
+    from pocketsphinx import get_model_path
+
+    return Path(get_model_path()) / "en-us"
+
+
+def cmudict_path() -> Path:
+    """The pronunciation dictionary of pocketsphinx's wheel (CMUdict, en-us)."""
+    return model_dir() / "cmudict-en-us.dict"
 
 
 class EnglishASR:
@@ -43,23 +56,22 @@ class EnglishASR:
         sample_rate: int = SAMPLE_RATE,
     ) -> None:
         try:
-            from pocketsphinx import Decoder, get_model_path
+            from pocketsphinx import Decoder
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(
                 "EnglishASR needs pocketsphinx (pip install pocketsphinx; its wheel ships the "
                 "en-us model)"
             ) from err
-        model = Path(get_model_path())
-        self.lm = Path(lm) if lm is not None else model / "en-us" / "en-us.lm.bin"
+        self.lm = Path(lm) if lm is not None else model_dir() / GENERIC_LM_NAME
         if dict is None and lm is not None and self.lm.with_suffix(".dict").is_file():
             dict = self.lm.with_suffix(".dict")
-        self.dict = Path(dict) if dict is not None else model / "en-us" / "cmudict-en-us.dict"
+        self.dict = Path(dict) if dict is not None else cmudict_path()
         for what, path in (("language model", self.lm), ("dictionary", self.dict)):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: pocketsphinx {what} not found")
         self.sample_rate = sample_rate
         self._decoder = Decoder(
-            hmm=str(model / "en-us" / "en-us"),
+            hmm=str(model_dir() / "en-us"),
             lm=str(self.lm),
             dict=str(self.dict),
             samprate=float(sample_rate),

@@ -30,17 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from echostream.data.manifest import ManifestError, read_manifest
+from echostream.evaluation.asr import cmudict_path
 from echostream.files import atomic_open
 from echostream.text.normalize import normalize
 
 DEFAULT_NAME = "asr_lm.arpa"
-
-
-def cmudict_path() -> Path:
-    """The pronunciation dictionary of pocketsphinx's wheel (CMUdict, en-us)."""
-    from pocketsphinx import get_model_path
-
-    return Path(get_model_path()) / "en-us" / "cmudict-en-us.dict"
 
 
 # espeak-ng en-us phoneme mnemonics -> pocketsphinx en-us phones (ARPAbet without stress).
@@ -105,15 +99,16 @@ def arpabet(phonemes: str) -> str | None:
     return " ".join(phones) or None
 
 
-def write_dictionary(words: Sequence[str], out: Path, base: str | os.PathLike | None = None) -> int:
-    """``base`` (default: the wheel's CMUdict) + an espeak-ng pronunciation for each of
-    ``words`` it lacks, to ``out``; returns how many words were added."""
+def write_dictionary(
+    missing: Sequence[str], out: Path, base: str | os.PathLike | None = None
+) -> int:
+    """``base`` (default: the wheel's CMUdict) + an espeak-ng pronunciation for each of the
+    ``missing`` words (words ``base`` lacks), to ``out``; returns how many words were added."""
     from echostream.data.tts import espeak_phonemes
 
     base = cmudict_path() if base is None else base
-    known = dictionary_words(base)
     added = []
-    for word in sorted(set(words) - known):
+    for word in sorted(set(missing)):
         phones = arpabet(espeak_phonemes(word))
         if phones:
             added.append(f"{word} {phones}\n")
@@ -143,7 +138,7 @@ def build_asr_lm(
     tokens = Counter(w for t in texts for w in t.split())
     known = dictionary_words()
     oov = {w: n for w, n in tokens.items() if w not in known}
-    added = write_dictionary(list(tokens), out.with_suffix(".dict"))
+    added = write_dictionary(list(oov), out.with_suffix(".dict"))
     stats = {
         "sentences": len(texts),
         "tokens": sum(tokens.values()),

@@ -31,6 +31,7 @@ from ..models.checkpoint import load_checkpoint
 from ..models.echostream import EchoStreamModel
 from ..models.unit_vocoder import UnitVocoder
 from ..streaming.translator import PRETRAINED_DIR, load_pretrained
+from .asr import GENERIC_LM_NAME
 from .runner import evaluate
 
 DEFAULT_VOCODER = PRETRAINED_DIR / "vocoder-tiny" / "vocoder.pt"
@@ -109,7 +110,7 @@ def render_table(results: dict[str, dict[str, Any]]) -> str:
         lm, dictionary = Path(first["asr"]["lm"]), Path(first["asr"]["dict"])
         recogniser += (
             " with its generic LM"
-            if lm.name == "en-us.lm.bin"
+            if lm.name == GENERIC_LM_NAME
             else f" with the LM `{lm.name}` and dictionary `{dictionary.name}`"
         )
     lines = [
